@@ -1,0 +1,267 @@
+"""The attention-backend protocol: capabilities, input validation, prepare/forward split.
+
+Tensor legend: ``q, k, v, out`` are ``(B, H, L, D)`` = (batch, heads, tokens, head_dim),
+the layout of ``torch.nn.functional.scaled_dot_product_attention``.
+
+A backend object is built by the registry from a validated params dataclass. Its public API:
+
+* ``backend(q, k, v, layout) -> out``            validate, ``prepare``, ``forward``
+* ``backend.prepare(q, k, layout) -> plan``      routing / masks / indices (timed on its own)
+* ``backend.forward(q, k, v, plan) -> out``      attention only
+* ``backend.attention_pattern(q, k, layout)``    ``(B, H, L, L)`` bool, small sizes only
+* ``backend.stats(q, k, layout)``                measured :class:`AttentionStats`
+* ``backend.estimate(layout, head_dim=...)``     analytic :class:`AttentionStats`, no tensors
+* ``backend.not_supported_reasons(...)``         why a device/dtype/shape is refused (empty: fine)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from mocbench.layout import TokenLayout
+from mocbench.params import params_as_dict
+from mocbench.stats import AttentionStats
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Beyond this many booleans attention_pattern refuses (it is an inspection tool, not a kernel).
+MAX_PATTERN_ELEMENTS = 1 << 30
+
+
+class UnsupportedError(ValueError):
+    """A backend refused a call; ``reasons`` lists every reason (never silently served elsewhere)."""
+
+    def __init__(self, backend: str, reasons: list[str]):
+        self.backend = backend
+        self.reasons = list(reasons)
+        super().__init__(f"backend {backend!r} cannot run this call: " + "; ".join(reasons))
+
+
+_DEPENDENCY_CACHE: dict[str, str | None] = {}
+
+
+def dependency_problem(module: str) -> str | None:
+    """None when ``module`` imports; otherwise a one-line reason. Imported lazily, cached."""
+    if module not in _DEPENDENCY_CACHE:
+        try:
+            importlib.import_module(module)
+            _DEPENDENCY_CACHE[module] = None
+        except Exception as exc:  # ImportError, or a broken binary raising anything else
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _DEPENDENCY_CACHE[module] = f"optional dependency {module!r} is not usable ({type(exc).__name__}: {first[:160]})"
+    return _DEPENDENCY_CACHE[module]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Capabilities:
+    """What a backend can run, declared up front (xformers-style) and explained on refusal."""
+
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    max_head_dim: int | None = None
+    head_dim_multiple: int = 1
+    backward: bool = True
+    min_compute_capability: tuple[int, int] | None = None
+    requires: tuple[str, ...] = ()
+    exact: bool = True  # computes the spec's function (up to float rounding)
+    # max abs error allowed against the float64 oracle, per input dtype
+    tolerances: dict[torch.dtype, float] = field(
+        default_factory=lambda: {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+    )
+
+    def dependency_reasons(self) -> list[str]:
+        return [r for r in (dependency_problem(m) for m in self.requires) if r]
+
+    def reasons(
+        self, *, device: torch.device | str | None, dtype: torch.dtype | None,
+        head_dim: int | None, requires_grad: bool = False,
+    ) -> list[str]:
+        out = self.dependency_reasons()
+        if device is not None:
+            dev = torch.device(device)
+            if dev.type not in self.devices:
+                out.append(f"device {dev.type!r} not supported (supports {', '.join(self.devices)})")
+            elif dev.type == "cuda" and self.min_compute_capability is not None:
+                if not torch.cuda.is_available():
+                    out.append("CUDA is not available")
+                else:
+                    cc = torch.cuda.get_device_capability(dev)
+                    if cc < self.min_compute_capability:
+                        need = ".".join(map(str, self.min_compute_capability))
+                        out.append(f"needs compute capability >= {need}, device has {cc[0]}.{cc[1]}")
+        if dtype is not None and dtype not in self.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes)
+            out.append(f"dtype {str(dtype).removeprefix('torch.')} not supported (supports {names})")
+        if head_dim is not None:
+            if self.max_head_dim is not None and head_dim > self.max_head_dim:
+                out.append(f"head_dim {head_dim} > max {self.max_head_dim}")
+            if head_dim % self.head_dim_multiple:
+                out.append(f"head_dim {head_dim} is not a multiple of {self.head_dim_multiple}")
+        if requires_grad and not self.backward:
+            out.append("no backward pass (inputs require grad)")
+        return out
+
+
+@dataclass
+class Plan:
+    """What ``prepare`` computed for one call. Backend families extend it."""
+
+    layout: TokenLayout
+    batch: int
+    heads: int
+    head_dim: int
+    device: torch.device
+    scale: float | None = None  # softmax scale; None = 1/sqrt(head_dim)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, layout: TokenLayout) -> None:
+    """Validate tensors at the boundary; every message names the bad value."""
+    if not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout must be a mocbench.TokenLayout, got {type(layout).__name__}")
+    named = {"q": q, "k": k} if v is None else {"q": q, "k": k, "v": v}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, tokens, head_dim), got shape {tuple(t.shape)}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    for name, t in named.items():
+        if t.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}; MoC is self-attention")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    if q.shape[2] != layout.num_tokens:
+        raise ValueError(f"q has {q.shape[2]} tokens but the layout has {layout.num_tokens} ({layout.describe()})")
+
+
+class AttentionBackend:
+    """Base class. Subclasses set ``family`` and implement ``prepare``, ``forward``,
+    ``_pattern`` and ``_count_pairs``/``estimate``; the registry sets ``name`` and ``Params``."""
+
+    name: ClassVar[str] = "?"
+    family: ClassVar[str] = "?"
+    Params: ClassVar[type]
+    default_capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in params_as_dict(self.params).items())
+        return f"{self.name}({args})"
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def capabilities(self) -> Capabilities:
+        """May depend on params (e.g. which SDPA kernel); defaults to the class declaration."""
+        return self.default_capabilities
+
+    @property
+    def tolerance(self) -> dict[torch.dtype, float]:
+        return self.capabilities.tolerances
+
+    def not_supported_reasons(
+        self, q: torch.Tensor | None = None, *, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None, head_dim: int | None = None, requires_grad: bool | None = None,
+        layout: TokenLayout | None = None,
+    ) -> list[str]:
+        """Every reason this backend refuses the call; empty when it can run it."""
+        if q is not None:
+            device = q.device if device is None else device
+            dtype = q.dtype if dtype is None else dtype
+            head_dim = q.shape[-1] if head_dim is None else head_dim
+            requires_grad = q.requires_grad if requires_grad is None else requires_grad
+        reasons = self.capabilities.reasons(device=device, dtype=dtype, head_dim=head_dim,
+                                            requires_grad=bool(requires_grad))
+        return reasons + self._extra_reasons(layout)
+
+    def _extra_reasons(self, layout: TokenLayout | None) -> list[str]:
+        return []
+
+    def check_supported(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, layout: TokenLayout) -> None:
+        check_qkv(q, k, v, layout)
+        grad = any(t is not None and t.requires_grad for t in (q, k, v)) and torch.is_grad_enabled()
+        reasons = self.not_supported_reasons(q, requires_grad=grad, layout=layout)
+        if reasons:
+            raise UnsupportedError(self.name, reasons)
+
+    # ------------------------------------------------------------------ computation
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, *,
+                 scale: float | None = None, training: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Attention output ``(B, H, L, D)``. ``training=True`` enables training-only regularisers."""
+        self.check_supported(q, k, v, layout)
+        _check_scale(scale)
+        plan = self._prepare(q, k, layout, training=training, generator=generator, scale=scale)
+        return self.forward(q, k, v, plan)
+
+    def prepare(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, *, scale: float | None = None,
+                training: bool = False, generator: torch.Generator | None = None) -> Plan:
+        """Everything that depends on q/k but is not attention: routing, masks, index lists."""
+        self.check_supported(q, k, None, layout)
+        _check_scale(scale)
+        return self._prepare(q, k, layout, training=training, generator=generator, scale=scale)
+
+    def _prepare(self, q, k, layout, *, training, generator, scale=None) -> Plan:
+        B, H, _, D = q.shape
+        return Plan(layout, B, H, D, q.device, scale=scale)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def resolved_scale(plan: Plan) -> float:
+        return plan.scale if plan.scale is not None else 1.0 / math.sqrt(plan.head_dim)
+
+    # ------------------------------------------------------------------ inspection
+    def attention_pattern(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """``(B, H, L, L)`` bool, True where query i attends key j. Small sizes only."""
+        check_qkv(q, k, None, layout)
+        B, H, L, _ = q.shape
+        if B * H * L * L > MAX_PATTERN_ELEMENTS:
+            raise ValueError(
+                f"attention_pattern would materialise {B}x{H}x{L}x{L} booleans; "
+                f"it is for small inspection cases (<= {MAX_PATTERN_ELEMENTS} elements). Use stats() for counts."
+            )
+        with torch.no_grad():
+            plan = self._prepare(q, k, layout, training=False, generator=None)
+            return self._pattern(plan)
+
+    def _pattern(self, plan: Plan) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stats(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout) -> AttentionStats:
+        """Measured accounting for these inputs (routing included), without any L x L tensor."""
+        check_qkv(q, k, None, layout)
+        with torch.no_grad():
+            plan = self._prepare(q, k, layout, training=False, generator=None)
+            return self.plan_stats(plan)
+
+    def plan_stats(self, plan: Plan) -> AttentionStats:
+        raise NotImplementedError
+
+    def estimate(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1) -> AttentionStats:
+        """Analytic accounting from the layout and params alone (moc-spec §7)."""
+        raise NotImplementedError
+
+
+def _check_scale(scale: float | None) -> None:
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ValueError(f"scale must be a positive float or None (1/sqrt(head_dim)), got {scale!r}")
+
+
+def check_estimate_args(layout: TokenLayout, head_dim: int, batch: int, heads: int) -> None:
+    if not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout must be a mocbench.TokenLayout, got {type(layout).__name__}")
+    for name, value in (("head_dim", head_dim), ("batch", batch), ("heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -1,0 +1,164 @@
+"""Fixed sparse baselines (moc-spec §8): patterns decided by the layout alone, no routing.
+
+* ``shot_local``    text anchor + own shot (MoC with ``top_k=0``)
+* ``frame_window``  text anchor + frames within +-``window`` of the query's frame, same shot.
+                    A caption query has no frame: it attends the text anchor, or only its
+                    own caption when the text anchor is off.
+* ``strided``       text anchor + own chunk + every ``stride``-th chunk of the stream
+                    (chunks ``0, stride, 2*stride, ...`` under ``chunking``)
+
+Their pair counts are exact closed forms over the layout (no L x L tensor), so measured and
+analytic statistics coincide; the tests check both against the materialised mask. This
+file's ``forward`` is the exact masked-softmax reference at small and medium sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mocbench.backend import AttentionBackend, Plan
+from mocbench.backends.moc.structure import anchor_mask, build_anchor_structure
+from mocbench.chunking import ChunkRule
+from mocbench.layout import TokenLayout
+from mocbench.registry import register_backend
+from mocbench.stats import AttentionStats
+
+
+class StaticPatternBackend(AttentionBackend):
+    """A pattern that depends only on the layout: ``(L, L)`` mask + exact per-(b, h) pair count."""
+
+    def key_mask(self, layout: TokenLayout) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pairs_per_head(self, layout: TokenLayout) -> int:
+        raise NotImplementedError
+
+    def _mask_cached(self, layout: TokenLayout) -> torch.Tensor:
+        key = ("static_mask", self.name, self.params)
+        if key not in layout._cache:
+            layout._cache[key] = self.key_mask(layout)
+        return layout._cache[key]
+
+    def forward(self, q, k, v, plan: Plan) -> torch.Tensor:
+        mask = self._mask_cached(plan.layout).to(q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=plan.scale)
+
+    def _pattern(self, plan: Plan) -> torch.Tensor:
+        mask = self._mask_cached(plan.layout).to(plan.device)
+        return mask.expand(plan.batch, plan.heads, -1, -1)
+
+    def plan_stats(self, plan: Plan) -> AttentionStats:
+        return self.estimate(plan.layout, head_dim=plan.head_dim, batch=plan.batch, heads=plan.heads)
+
+    def estimate(self, layout, *, head_dim, batch=1, heads=1) -> AttentionStats:
+        L = layout.num_tokens
+        return AttentionStats(batch, heads, L, head_dim, self.pairs_per_head(layout) * batch * heads,
+                              num_chunks=self._num_chunks(layout))
+
+    def _num_chunks(self, layout: TokenLayout) -> int:
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShotLocalParams:
+    text_anchor: bool = True
+
+
+@register_backend("shot_local", family="fixed_sparse", params=ShotLocalParams)
+class ShotLocal(StaticPatternBackend):
+    """Text anchor + every token of the query's own shot (MoC with top_k=0)."""
+
+    def _structure(self, layout):
+        return build_anchor_structure(layout, "shot", text_anchor=self.params.text_anchor,
+                                      local_anchor="shot", causal=False, per_token=False)
+
+    def key_mask(self, layout):
+        return anchor_mask(layout, self._structure(layout))
+
+    def pairs_per_head(self, layout):
+        s = self._structure(layout)
+        return int((s.class_size * s.anchor_size).sum())
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameWindowParams:
+    window: int = 1
+    text_anchor: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise ValueError(f"window must be >= 0 frames, got {self.window}")
+
+
+@register_backend("frame_window", family="fixed_sparse", params=FrameWindowParams)
+class FrameWindow(StaticPatternBackend):
+    """Text anchor + frames within +-window of the query's frame in the same shot."""
+
+    def key_mask(self, layout):
+        w, ta = self.params.window, self.params.text_anchor
+        is_text = layout.modality == 0
+        shot, frame, seg = layout.shot_id, layout.frame_id, layout.segment_id
+        video_q, video_k = ~is_text[:, None], ~is_text[None, :]
+        near = (shot[:, None] == shot[None, :]) & ((frame[:, None] - frame[None, :]).abs() <= w)
+        mask = video_q & video_k & near
+        own_caption = is_text[:, None] & (seg[:, None] == seg[None, :])
+        mask |= own_caption
+        if ta:
+            mask |= is_text[None, :]
+        return mask
+
+    def pairs_per_head(self, layout):
+        w, ta = self.params.window, self.params.text_anchor
+        n_text = layout.num_text_tokens
+        P = layout.tokens_per_frame
+        total = 0
+        for s in layout.segments:
+            if s.kind == "text":
+                total += s.tokens * (n_text if ta else s.tokens)
+            else:
+                f = torch.arange(s.frames)
+                frames_seen = (f + w).clamp(max=s.frames - 1) - (f - w).clamp(min=0) + 1
+                total += P * int((P * frames_seen + (n_text if ta else 0)).sum())
+        return total
+
+
+@dataclass(frozen=True, kw_only=True)
+class StridedParams:
+    stride: int = 4
+    chunking: str = "frame"
+    text_anchor: bool = True
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        ChunkRule.parse(self.chunking)
+
+
+@register_backend("strided", family="fixed_sparse", params=StridedParams)
+class Strided(StaticPatternBackend):
+    """Text anchor + own chunk + every stride-th chunk of the stream (a static long-range pattern)."""
+
+    def _num_chunks(self, layout):
+        return layout.chunks(self.params.chunking).num_chunks
+
+    def key_mask(self, layout):
+        ct = layout.chunks(self.params.chunking)
+        cid = ct.chunk_id
+        mask = (cid[:, None] == cid[None, :]) | (cid % self.params.stride == 0)[None, :]
+        if self.params.text_anchor:
+            mask |= (layout.modality == 0)[None, :]
+        return mask
+
+    def pairs_per_head(self, layout):
+        ct = layout.chunks(self.params.chunking)
+        ta = self.params.text_anchor
+        C = ct.num_chunks
+        strided = torch.arange(C) % self.params.stride == 0
+        # keys a chunk contributes beyond the text anchor
+        extra = torch.where(ct.is_text & ta, 0, ct.sizes)
+        base = (layout.num_text_tokens if ta else 0) + int(extra[strided].sum())
+        per_class = base + torch.where(strided, 0, extra)  # own chunk, unless already strided
+        return int((ct.sizes * per_class).sum())

@@ -1,0 +1,97 @@
+"""The ``moc`` backend: Mixture of Contexts attention (moc-spec §3-7).
+
+``prepare`` builds the anchor structure (cached per layout) and routes every query; it is
+the step that benchmarks time apart from attention. ``forward`` runs the selected
+implementation on that plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mocbench.backend import AttentionBackend, Capabilities, Plan
+from mocbench.backends.moc.accounting import analytic_pairs, measured_pairs
+from mocbench.backends.moc.impls import IMPLS, resolve_impl
+from mocbench.backends.moc.params import MoCParams
+from mocbench.backends.moc.reference import moc_mask
+from mocbench.backends.moc.routing import route
+from mocbench.backends.moc.structure import AnchorStructure, build_anchor_structure
+from mocbench.layout import TokenLayout
+from mocbench.registry import register_backend
+from mocbench.stats import AttentionStats, routing_cost
+
+
+@dataclass
+class MoCPlan(Plan):
+    structure: AnchorStructure | None = None
+    selected: torch.Tensor | None = None  # (B, H, L, K) chunk indices, -1 = empty slot
+
+
+@register_backend("moc", family="moc", params=MoCParams, caps=Capabilities(),
+                  description="Mixture of Contexts: anchors + top-k routed chunks per query")
+class MoCBackend(AttentionBackend):
+    """Mixture of Contexts: mandatory anchors plus top-k content-aligned chunks per query."""
+
+    def __init__(self, params: MoCParams):
+        if params.impl != "auto" and params.impl not in IMPLS:
+            raise ValueError(f"moc impl must be 'auto' or one of {sorted(IMPLS)}, got {params.impl!r}")
+        super().__init__(params)
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def not_supported_reasons(self, q=None, *, device=None, **kw):
+        reasons = super().not_supported_reasons(q, device=device, **kw)
+        dev = q.device if q is not None else device
+        if dev is not None and self.params.impl != "auto":
+            impl = IMPLS[self.params.impl]
+            if torch.device(dev).type not in impl.devices:
+                reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {torch.device(dev).type}")
+        return reasons
+
+    def structure(self, layout: TokenLayout, *, per_token: bool = True) -> AnchorStructure:
+        p = self.params
+        return build_anchor_structure(layout, p.chunking, text_anchor=p.text_anchor,
+                                      local_anchor=p.resolved_local_anchor(layout), causal=p.causal,
+                                      per_token=per_token)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.params.seed)
+        return self._generators[device]
+
+    def _prepare(self, q, k, layout, *, training, generator, scale=None) -> MoCPlan:
+        B, H, _, D = q.shape
+        p = self.params
+        structure = self.structure(layout)
+        regularise = training and (p.p_drop_off > 0 or p.p_drop_in > 0)
+        gen = (generator or self._generator(q.device)) if regularise else None
+        selected = route(
+            q.detach(), k.detach(), structure, p.top_k,
+            p_drop_off=p.p_drop_off if training else 0.0,
+            p_drop_in=p.p_drop_in if training else 0.0,
+            n_drop_in=p.n_drop_in if training else 0, generator=gen,
+        )
+        return MoCPlan(layout, B, H, D, q.device, scale=scale, structure=structure, selected=selected)
+
+    def forward(self, q, k, v, plan: MoCPlan) -> torch.Tensor:
+        return resolve_impl(self.params.impl, q.device.type).forward(q, k, v, plan)
+
+    def _pattern(self, plan: MoCPlan) -> torch.Tensor:
+        return moc_mask(plan)
+
+    def _routing_flops(self, B, H, L, C, D) -> tuple[int, int]:
+        return routing_cost(B, H, L, C, D) if self.params.top_k > 0 else (0, 0)
+
+    def plan_stats(self, plan: MoCPlan) -> AttentionStats:
+        L, C = plan.layout.num_tokens, plan.structure.num_chunks
+        r, pool = self._routing_flops(plan.batch, plan.heads, L, C, plan.head_dim)
+        return AttentionStats(plan.batch, plan.heads, L, plan.head_dim, measured_pairs(plan.structure, plan.selected),
+                              routing_flops=r, pooling_flops=pool, num_chunks=C)
+
+    def estimate(self, layout, *, head_dim, batch=1, heads=1) -> AttentionStats:
+        structure = self.structure(layout, per_token=False)
+        L, C = layout.num_tokens, structure.num_chunks
+        pairs = round(analytic_pairs(structure, self.params.top_k)) * batch * heads
+        r, pool = self._routing_flops(batch, heads, L, C, head_dim)
+        return AttentionStats(batch, heads, L, head_dim, pairs, routing_flops=r, pooling_flops=pool, num_chunks=C)

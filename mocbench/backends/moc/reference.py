@@ -1,0 +1,29 @@
+"""The exact MoC reference: materialise the (B, H, L, L) mask and run masked softmax.
+
+O(L^2) memory by design: it is the readable specification that fast implementations are
+tested against, and the pattern source for ``attention_pattern``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mocbench.backends.moc.routing import selected_to_chunk_mask
+from mocbench.backends.moc.structure import anchor_mask
+
+
+def moc_mask(plan) -> torch.Tensor:
+    """(B, H, L, L) bool: anchors OR keys of routed chunks."""
+    layout, structure = plan.layout, plan.structure
+    device = plan.selected.device
+    mask = anchor_mask(layout, structure).to(device)[None, None]
+    if plan.selected.shape[-1]:
+        routed_bhlc = selected_to_chunk_mask(plan.selected, structure.num_chunks)
+        chunk_id = structure.chunks.chunk_id.to(device)
+        mask = mask | routed_bhlc[..., chunk_id]  # key j is routed iff its chunk is
+    return mask.expand(plan.batch, plan.heads, -1, -1)
+
+
+def reference_forward(q, k, v, plan) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=moc_mask(plan), scale=plan.scale)

@@ -1,0 +1,268 @@
+"""The token stream of one video sample: segments, per-token ids, and cached chunkings.
+
+A layout is a fixed sequence of *segments* (moc-spec §2). Each segment is either one shot's
+caption (``n`` text tokens) or one shot's video (``F`` frames x ``P`` tokens per frame,
+frame-major). Everything an attention backend needs to know about the stream (modality,
+shot and frame of every token, and its chunk under a chunking rule) is derived here, once,
+and cached on the (immutable, hashable) layout object.
+
+Per-token arrays are CPU ``torch.int64`` tensors of length ``L``; nothing here is ``L x L``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from mocbench.chunking import ChunkRule, ChunkTable, build_chunk_table
+
+TEXT = 0
+VIDEO = 1
+Placement = Literal["interleaved", "front"]
+PLACEMENTS = ("interleaved", "front")
+
+
+def _check_count(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_counts(name: str, values: object, *, minimum: int) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list of ints (one per shot), got {values!r}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(_check_count(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(values))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One contiguous run of the stream: a caption (``kind='text'``) or a shot's frames."""
+
+    kind: Literal["text", "video"]
+    shot: int
+    tokens: int = 0  # text segments: number of caption tokens
+    frames: int = 0  # video segments
+    tokens_per_frame: int = 0  # video segments
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "video"):
+            raise ValueError(f"segment kind must be 'text' or 'video', got {self.kind!r}")
+        _check_count("segment shot", self.shot, minimum=0)
+        if self.kind == "text":
+            _check_count("text segment tokens", self.tokens, minimum=1)
+            if self.frames or self.tokens_per_frame:
+                raise ValueError("a text segment has no frames or tokens_per_frame")
+        else:
+            _check_count("video segment frames", self.frames, minimum=1)
+            _check_count("video segment tokens_per_frame", self.tokens_per_frame, minimum=1)
+            if self.tokens:
+                raise ValueError("a video segment's size is frames x tokens_per_frame; do not set tokens")
+
+    @property
+    def length(self) -> int:
+        return self.tokens if self.kind == "text" else self.frames * self.tokens_per_frame
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """An immutable description of a video sample's token stream.
+
+    Build one with :meth:`single_shot`, :meth:`multi_shot` or :meth:`from_segments`.
+    Derived per-token ids (``modality``, ``shot_id``, ``frame_id``, ``position``) and
+    chunkings (:meth:`chunks`) are computed on first use and cached.
+    """
+
+    segments: tuple[Segment, ...]
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def single_shot(cls, *, text_tokens: int, frames: int, tokens_per_frame: int) -> "TokenLayout":
+        """One caption (``text_tokens`` may be 0) followed by ``frames`` x ``tokens_per_frame`` video tokens."""
+        _check_count("text_tokens", text_tokens, minimum=0)
+        _check_count("frames", frames, minimum=1)
+        _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
+        segs = []
+        if text_tokens:
+            segs.append(Segment("text", 0, tokens=text_tokens))
+        segs.append(Segment("video", 0, frames=frames, tokens_per_frame=tokens_per_frame))
+        return cls(tuple(segs))
+
+    @classmethod
+    def multi_shot(
+        cls,
+        *,
+        text_tokens: Sequence[int] | int,
+        frames: Sequence[int] | int,
+        tokens_per_frame: int,
+        text_placement: Placement = "interleaved",
+        shots: int | None = None,
+    ) -> "TokenLayout":
+        """A multi-shot stream.
+
+        ``text_placement="interleaved"``: ``text_0, video_0, text_1, video_1, ...`` with one
+        caption length per shot. ``"front"``: a single global caption (``text_tokens`` has one
+        entry, owned by shot 0) followed by every shot's video. An int for ``frames`` or
+        ``text_tokens`` is repeated ``shots`` times (``shots`` is then required).
+        """
+        if text_placement not in PLACEMENTS:
+            raise ValueError(f"text_placement must be one of {PLACEMENTS}, got {text_placement!r}")
+        if shots is not None:
+            _check_count("shots", shots, minimum=1)
+        if isinstance(frames, int) and not isinstance(frames, bool):
+            if shots is None:
+                raise ValueError("frames is a single int: pass shots=N to repeat it, or a list of frames per shot")
+            frames = [frames] * shots
+        frames_t = _check_counts("frames", frames, minimum=1)
+        n_shots = len(frames_t)
+        if shots is not None and shots != n_shots:
+            raise ValueError(f"shots={shots} but frames has {n_shots} entries")
+        _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
+        if isinstance(text_tokens, int) and not isinstance(text_tokens, bool):
+            text_tokens = [text_tokens] * (n_shots if text_placement == "interleaved" else 1)
+        text_t = _check_counts("text_tokens", text_tokens, minimum=0)
+        segs: list[Segment] = []
+        if text_placement == "interleaved":
+            if len(text_t) != n_shots:
+                raise ValueError(
+                    f"text_placement='interleaved' needs one text_tokens entry per shot: "
+                    f"got {len(text_t)} for {n_shots} shots"
+                )
+            for s in range(n_shots):
+                if text_t[s]:
+                    segs.append(Segment("text", s, tokens=text_t[s]))
+                segs.append(Segment("video", s, frames=frames_t[s], tokens_per_frame=tokens_per_frame))
+        else:
+            if len(text_t) != 1:
+                raise ValueError(
+                    f"text_placement='front' takes one global caption: text_tokens must have 1 entry, got {len(text_t)}"
+                )
+            if text_t[0]:
+                segs.append(Segment("text", 0, tokens=text_t[0]))
+            for s in range(n_shots):
+                segs.append(Segment("video", s, frames=frames_t[s], tokens_per_frame=tokens_per_frame))
+        return cls(tuple(segs))
+
+    @classmethod
+    def from_segments(cls, segments: Sequence[Segment]) -> "TokenLayout":
+        """A layout from explicit segments (validated like the named constructors)."""
+        return cls(tuple(segments))
+
+    def __post_init__(self) -> None:
+        segs = self.segments
+        if not isinstance(segs, tuple) or not segs:
+            raise ValueError("a layout needs at least one segment")
+        for i, s in enumerate(segs):
+            if not isinstance(s, Segment):
+                raise TypeError(f"segments[{i}] must be a Segment, got {type(s).__name__}")
+        shots = [s.shot for s in segs]
+        if shots[0] != 0 or any(b - a not in (0, 1) for a, b in zip(shots, shots[1:])):
+            raise ValueError(f"segment shots must start at 0 and increase by at most 1, got {shots}")
+        video_shots = [s.shot for s in segs if s.kind == "video"]
+        n_shots = shots[-1] + 1
+        if sorted(video_shots) != list(range(n_shots)):
+            raise ValueError(f"every shot needs exactly one video segment; video segments belong to shots {video_shots}")
+        text_shots = [s.shot for s in segs if s.kind == "text"]
+        if len(set(text_shots)) != len(text_shots):
+            raise ValueError(f"a shot has at most one caption segment; text segments belong to shots {text_shots}")
+        tpf = {s.tokens_per_frame for s in segs if s.kind == "video"}
+        if len(tpf) != 1:
+            raise ValueError(f"all video segments must share tokens_per_frame, got {sorted(tpf)}")
+
+    # ----------------------------------------------------------------- scalar facts
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.length for s in self.segments)
+
+    @property
+    def num_shots(self) -> int:
+        return self.segments[-1].shot + 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return next(s.tokens_per_frame for s in self.segments if s.kind == "video")
+
+    @property
+    def num_text_tokens(self) -> int:
+        return sum(s.length for s in self.segments if s.kind == "text")
+
+    @property
+    def num_video_tokens(self) -> int:
+        return self.num_tokens - self.num_text_tokens
+
+    @property
+    def frames_per_shot(self) -> tuple[int, ...]:
+        return tuple(s.frames for s in self.segments if s.kind == "video")
+
+    @property
+    def segment_starts(self) -> tuple[int, ...]:
+        starts, pos = [], 0
+        for s in self.segments:
+            starts.append(pos)
+            pos += s.length
+        return tuple(starts)
+
+    def describe(self) -> str:
+        parts = []
+        for s in self.segments:
+            parts.append(f"T{s.shot}[{s.tokens}]" if s.kind == "text" else f"V{s.shot}[{s.frames}x{s.tokens_per_frame}]")
+        return f"L={self.num_tokens} shots={self.num_shots} " + " ".join(parts)
+
+    # ----------------------------------------------------------------- per-token ids
+    def _token_ids(self) -> dict[str, torch.Tensor]:
+        if "ids" not in self._cache:
+            mod, shot, frame, seg = [], [], [], []
+            for i, s in enumerate(self.segments):
+                n = s.length
+                mod.append(torch.full((n,), TEXT if s.kind == "text" else VIDEO, dtype=torch.int64))
+                shot.append(torch.full((n,), s.shot, dtype=torch.int64))
+                seg.append(torch.full((n,), i, dtype=torch.int64))
+                if s.kind == "text":
+                    frame.append(torch.full((n,), -1, dtype=torch.int64))
+                else:
+                    frame.append(torch.arange(s.frames, dtype=torch.int64).repeat_interleave(s.tokens_per_frame))
+            self._cache["ids"] = {
+                "modality": torch.cat(mod),
+                "shot": torch.cat(shot),
+                "frame": torch.cat(frame),
+                "segment": torch.cat(seg),
+            }
+        return self._cache["ids"]
+
+    @property
+    def modality(self) -> torch.Tensor:
+        """``(L,)`` int64: 0 for text (``mocbench.layout.TEXT``), 1 for video."""
+        return self._token_ids()["modality"]
+
+    @property
+    def shot_id(self) -> torch.Tensor:
+        """``(L,)`` int64: the shot every token belongs to."""
+        return self._token_ids()["shot"]
+
+    @property
+    def frame_id(self) -> torch.Tensor:
+        """``(L,)`` int64: frame index within the token's shot; -1 for text tokens."""
+        return self._token_ids()["frame"]
+
+    @property
+    def segment_id(self) -> torch.Tensor:
+        """``(L,)`` int64: index into :attr:`segments`."""
+        return self._token_ids()["segment"]
+
+    @property
+    def position(self) -> torch.Tensor:
+        return torch.arange(self.num_tokens, dtype=torch.int64)
+
+    def chunks(self, rule: str | ChunkRule) -> ChunkTable:
+        """The chunking of this stream under ``rule`` (moc-spec §3), cached per rule."""
+        parsed = rule if isinstance(rule, ChunkRule) else ChunkRule.parse(rule)
+        key = ("chunks", parsed)
+        if key not in self._cache:
+            self._cache[key] = build_chunk_table(self, parsed)
+        return self._cache[key]

@@ -16,6 +16,7 @@ A backend object is built by the registry from a validated params dataclass. Its
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -50,9 +51,11 @@ def dependency_problem(module: str) -> str | None:
         try:
             importlib.import_module(module)
             _DEPENDENCY_CACHE[module] = None
-        except Exception as exc:  # ImportError, or a broken binary raising anything else
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _DEPENDENCY_CACHE[module] = f"optional dependency {module!r} is not usable ({type(exc).__name__}: {first[:160]})"
+        except ModuleNotFoundError as exc:
+            _DEPENDENCY_CACHE[module] = f"{exc.name or module} is not installed"
+        except Exception as exc:  # a broken binary (wrong torch/CUDA build) can raise anything
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _DEPENDENCY_CACHE[module] = f"{module} fails to import ({type(exc).__name__}: {first[:160]})"
     return _DEPENDENCY_CACHE[module]
 
 
@@ -159,6 +162,13 @@ class AttentionBackend:
         args = ", ".join(f"{k}={v!r}" for k, v in params_as_dict(self.params).items())
         return f"{self.name}({args})"
 
+    @property
+    def label(self) -> str:
+        """Short display name: the backend name plus the params that differ from their defaults."""
+        changed = [f"{k}={v}" for k, v in params_as_dict(self.params).items()
+                   if v != _field_default(type(self.params), k)]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
     # ------------------------------------------------------------------ capabilities
     @property
     def capabilities(self) -> Capabilities:
@@ -252,6 +262,16 @@ class AttentionBackend:
     def estimate(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1) -> AttentionStats:
         """Analytic accounting from the layout and params alone (moc-spec §7)."""
         raise NotImplementedError
+
+
+def _field_default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _check_scale(scale: float | None) -> None:

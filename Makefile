@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine: `make demo` (set up + main job), `make test` (set up + tests).
+# Both create .venv in the repo root. torch is installed pinned *first*, so nothing that depends on
+# torch pulls a different (multi-GB CUDA) build. GPU users: make test TORCH_SPEC="torch==2.11.0".
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mocbench-installed
+
+.PHONY: install demo test bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mocbench backends
+	$(VENV)/bin/mocbench plan configs/plan/paper_singleshot.yaml
+	$(VENV)/bin/mocbench plan configs/plan/paper_multishot.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

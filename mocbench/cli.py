@@ -1,0 +1,132 @@
+"""The ``mocbench`` command line: ``backends`` and ``plan`` (later issues add bench/train/eval).
+
+Every subcommand has ``--help``. Configs are YAML files plus ``key=value`` overrides.
+User errors (bad config, unknown backend, bad layout) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mocbench.config import ConfigError, PlanConfig, load_config
+from mocbench.registry import backend_specs, get_backend
+from mocbench.stats import AttentionStats
+
+console = Console(width=max(120, shutil.get_terminal_size((140, 40)).columns))
+
+
+def _fmt_flops(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _local_devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    devices = _local_devices()
+    rows = []
+    for spec in backend_specs():
+        caps = spec.cls.default_capabilities
+        reasons = caps.dependency_reasons()
+        if not set(caps.devices) & set(devices) and not reasons:
+            reasons.append(f"needs {' or '.join(caps.devices)}; this machine has {', '.join(devices)}")
+        params = ", ".join(f.name for f in spec.param_fields()) or "-"
+        rows.append({"name": spec.name, "family": spec.family, "available": not reasons,
+                     "devices": ",".join(caps.devices), "params": params, "source": spec.source,
+                     "reasons": reasons})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"mocbench backends (devices here: {', '.join(devices)})")
+    for col in ("name", "family", "available", "devices", "params", "reasons"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["family"], "[green]yes[/]" if r["available"] else "[red]no[/]", r["devices"],
+                      r["params"], "; ".join(r["reasons"]) or "-")
+    console.print(table)
+    return 0
+
+
+def _stats_row(label: str, s: AttentionStats) -> dict:
+    return {"backend": label, "tokens": s.tokens, "chunks": s.num_chunks, "keys_per_query": s.mean_keys_per_query,
+            "sparsity": s.sparsity, "attention_flops": s.attention_flops, "routing_flops": s.routing_flops + s.pooling_flops,
+            "total_flops": s.total_flops, "dense_flops": s.dense_flops, "dense_over_total": s.flops_reduction}
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(PlanConfig, args.config, args.overrides)
+    layout = cfg.layout.build()
+    rows = []
+    for name, params in [(n, {}) for n in cfg.compare] + [(cfg.backend, dict(cfg.params))]:
+        backend = get_backend(name, **params)
+        stats = backend.estimate(layout, head_dim=cfg.head_dim, batch=cfg.batch, heads=cfg.heads)
+        rows.append(_stats_row(backend.label, stats))
+    if args.json:
+        print(json.dumps({"layout": layout.describe(), "head_dim": cfg.head_dim, "rows": rows}, indent=2))
+        return 0
+    title = cfg.title or "Analytic attention cost (per layer, forward)"
+    table = Table(title=f"{title}\n{_short_layout(layout)}, head_dim={cfg.head_dim}, batch={cfg.batch}, heads={cfg.heads}")
+    for col in ("backend", "L", "chunks", "keys/query", "sparsity", "attn FLOPs", "routing FLOPs", "total FLOPs",
+                "dense FLOPs", "dense/total"):
+        table.add_column(col, justify="left" if col == "backend" else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r["backend"], f"{r['tokens']:,}", str(r["chunks"] or "-"), f"{r['keys_per_query']:,.0f}",
+                      f"{100 * r['sparsity']:.1f}%", _fmt_flops(r["attention_flops"]), _fmt_flops(r["routing_flops"]),
+                      _fmt_flops(r["total_flops"]), _fmt_flops(r["dense_flops"]), f"{r['dense_over_total']:.2f}x")
+    console.print(table)
+    return 0
+
+
+def _short_layout(layout) -> str:
+    fr = layout.frames_per_shot
+    frames = str(fr[0]) if len(set(fr)) == 1 else "/".join(map(str, fr))
+    return (f"L={layout.num_tokens:,} tokens: {layout.num_shots} shot(s) x {frames} frames x "
+            f"{layout.tokens_per_frame} tokens/frame + {layout.num_text_tokens} caption tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mocbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backends", help="list registered attention backends and whether they run here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser(
+        "plan", help="analytic pairs / sparsity / FLOPs of a backend on a layout (no tensors)",
+        description="Analytic accounting (moc-spec §7) of a layout and backend from a YAML config and/or "
+                    "key=value overrides, e.g.: mocbench plan layout.shots=8 layout.frames=24 "
+                    "layout.tokens_per_frame=936 layout.text_tokens=128 backend=moc params.top_k=5 "
+                    "params.chunking=tokens:1280 head_dim=128",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (see configs/plan/); optional")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) and "=" in args.config:  # only overrides were given
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, TypeError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        console.print(f"[red]error:[/] {msg}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

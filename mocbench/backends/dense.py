@@ -23,7 +23,9 @@ from mocbench.stats import AttentionStats
 HALF = (torch.float16, torch.bfloat16)
 
 
-class _DenseBase(AttentionBackend):
+class DenseBackend(AttentionBackend):
+    """Base for dense backends: full pattern, L^2 pairs; subclasses implement `forward`."""
+
     def _pattern(self, plan: Plan) -> torch.Tensor:
         L = plan.layout.num_tokens
         return torch.ones(plan.batch, plan.heads, L, L, dtype=torch.bool, device=plan.device)
@@ -61,7 +63,7 @@ _SDPA_CAPS = {
 
 
 @register_backend("dense", family="dense", params=SDPAParams)
-class DenseSDPA(_DenseBase):
+class DenseSDPA(DenseBackend):
     """Dense attention through torch.nn.functional.scaled_dot_product_attention."""
 
     @property
@@ -96,7 +98,7 @@ def _blhd(t: torch.Tensor) -> torch.Tensor:
 @register_backend("flash_attn", family="dense", params=NoParams, caps=Capabilities(
     devices=("cuda",), dtypes=HALF, max_head_dim=256, head_dim_multiple=8,
     min_compute_capability=(8, 0), requires=("flash_attn",)))
-class FlashAttn2(_DenseBase):
+class FlashAttn2(DenseBackend):
     """Dense attention through flash-attn 2 (``flash_attn.flash_attn_func``)."""
 
     def forward(self, q, k, v, plan: Plan) -> torch.Tensor:
@@ -107,7 +109,7 @@ class FlashAttn2(_DenseBase):
 
 @register_backend("xformers", family="dense", params=NoParams, caps=Capabilities(
     devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32), requires=("xformers.ops",)))
-class XFormers(_DenseBase):
+class XFormers(DenseBackend):
     """Dense attention through xformers' ``memory_efficient_attention``."""
 
     def forward(self, q, k, v, plan: Plan) -> torch.Tensor:
@@ -119,7 +121,7 @@ class XFormers(_DenseBase):
 @register_backend("flash_attn4", family="dense", params=NoParams, caps=Capabilities(
     devices=("cuda",), dtypes=HALF, max_head_dim=256, head_dim_multiple=8,
     min_compute_capability=(9, 0), requires=("flash_attn.cute",)))
-class FlashAttn4(_DenseBase):
+class FlashAttn4(DenseBackend):
     """Dense attention through flash-attn 4 (CuTeDSL, Hopper/Blackwell: ``flash_attn.cute``)."""
 
     def forward(self, q, k, v, plan: Plan) -> torch.Tensor:

@@ -1,0 +1,216 @@
+"""The ``mocbench bench`` config: a sweep of backends x workload families, and its cells.
+
+A *cell* is one (backend entry, workload family, shots, frames, pass) combination; it is the
+unit that is validated, timed and written as one row of the result store. Its key is a hash
+of everything that changes the measurement (backend + params, the expanded workload, the
+timing and validation settings), so re-running a config skips cells that are already done.
+
+YAML shape (see configs/bench/)::
+
+    name: cpu_quick
+    output: results/cpu_quick/results.csv
+    backends:
+      - {name: dense}
+      - {name: moc, params: {top_k: 2, chunking: frame}}
+    workloads:
+      - {name: multishot, shots: [1, 2, 4], frames: [4], tokens_per_frame: 64, text_tokens: 16,
+         batch: 1, heads: 2, head_dim: 64, dtype: float32, device: cpu, passes: [fwd]}
+    timing: {warmup: 2, repeats: 7}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from mocbench.config import ConfigError, LayoutConfig, _plain
+from mocbench.layout import TokenLayout
+from mocbench.registry import get_backend
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
+}
+DEVICES = ("cpu", "cuda")
+PASSES = ("fwd", "fwd+bwd")
+
+
+@dataclass
+class BackendEntry:
+    """One backend of the sweep: a registry name, its params, an optional display label."""
+
+    name: str = "dense"
+    params: Dict[str, Any] = field(default_factory=dict)
+    label: Optional[str] = None  # default: the backend's own label (name + non-default params)
+
+
+@dataclass
+class WorkloadConfig:
+    """A workload family: every (shots, frames) pair is one layout; every pass one cell."""
+
+    name: str = "multishot"
+    shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    frames: List[int] = field(default_factory=lambda: [4])  # frames per shot
+    tokens_per_frame: int = 64
+    text_tokens: int = 16  # caption tokens per shot (or the one global caption)
+    text_placement: str = "interleaved"
+    batch: int = 1
+    heads: int = 2
+    head_dim: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+    passes: List[str] = field(default_factory=lambda: ["fwd"])  # "fwd" and/or "fwd+bwd"
+
+
+@dataclass
+class TimingConfig:
+    """Warm-up calls, timed repeats (median and IQR are reported), and the CPU inner loop."""
+
+    warmup: int = 2
+    repeats: int = 7
+    min_repeat_ms: float = 2.0  # CPU: a repeat runs the call enough times to last at least this long
+    max_inner: int = 50  # CPU: cap on calls per repeat
+    l2_flush: bool = True  # CUDA: overwrite a 256 MiB buffer before every repeat
+    max_seconds_per_cell: float = 120.0  # stop repeating after this (the repeats done are reported)
+
+
+@dataclass
+class ValidateConfig:
+    """Validation before timing on a shrunken copy of the cell (same shots, dtype, device, head_dim)."""
+
+    enabled: bool = True
+    max_frames: int = 3
+    max_tokens_per_frame: int = 8
+    max_text_tokens: int = 4
+    heads: int = 2
+    seed: int = 1234
+
+
+@dataclass
+class BenchConfig:
+    """``mocbench bench``: every backend entry x every workload cell, timed, into one result store."""
+
+    name: str = "bench"
+    output: Optional[str] = None  # default results/<name>/results.csv
+    seed: int = 0
+    reference: str = "dense"  # the label speed-ups are computed against
+    backends: List[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
+    workloads: List[WorkloadConfig] = field(default_factory=lambda: [WorkloadConfig()])
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+    @property
+    def output_path(self) -> str:
+        return self.output or f"results/{self.name}/results.csv"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: a backend entry on one expanded workload with one pass."""
+
+    backend: str
+    params: dict
+    label: str
+    workload: str
+    shots: int
+    frames: int
+    tokens_per_frame: int
+    text_tokens: int
+    text_placement: str
+    batch: int
+    heads: int
+    head_dim: int
+    dtype: str
+    device: str
+    pass_: str
+    key: str
+
+    def layout(self) -> TokenLayout:
+        return LayoutConfig(shots=self.shots, frames=self.frames, tokens_per_frame=self.tokens_per_frame,
+                            text_tokens=self.text_tokens, text_placement=self.text_placement).build()
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: BenchConfig) -> str:
+    """Hash of the whole config except where it is written (moving a store keeps its hash)."""
+    d = asdict(cfg)
+    d.pop("output", None)
+    return _hash(d)
+
+
+def check_config(cfg: BenchConfig) -> None:
+    """Semantic checks that OmegaConf's type checks cannot do; errors name the key."""
+    if not cfg.backends:
+        raise ConfigError("backends must list at least one backend")
+    if not cfg.workloads:
+        raise ConfigError("workloads must list at least one workload")
+    for i, b in enumerate(cfg.backends):
+        try:
+            get_backend(b.name, **_plain(b.params))
+        except (KeyError, ValueError, TypeError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise ConfigError(f"backends[{i}] ({b.name}): {msg}") from None
+    labels = [entry_label(b) for b in cfg.backends]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ConfigError(f"backends: duplicate labels {dup}; give the entries distinct params or a 'label'")
+    for i, w in enumerate(cfg.workloads):
+        at = f"workloads[{i}]"
+        if w.dtype not in DTYPES:
+            raise ConfigError(f"{at}.dtype must be one of {', '.join(DTYPES)}, got {w.dtype!r}")
+        if w.device not in DEVICES:
+            raise ConfigError(f"{at}.device must be one of {', '.join(DEVICES)}, got {w.device!r}")
+        bad = [p for p in w.passes if p not in PASSES]
+        if bad or not w.passes:
+            raise ConfigError(f"{at}.passes must be a non-empty list of {', '.join(PASSES)}, got {list(w.passes)}")
+        for key in ("shots", "frames"):
+            values = getattr(w, key)
+            if not values or any(v < 1 for v in values):
+                raise ConfigError(f"{at}.{key} must be a non-empty list of ints >= 1, got {list(values)}")
+        for key in ("tokens_per_frame", "batch", "heads", "head_dim"):
+            if getattr(w, key) < 1:
+                raise ConfigError(f"{at}.{key} must be >= 1, got {getattr(w, key)}")
+        if w.text_tokens < 0:
+            raise ConfigError(f"{at}.text_tokens must be >= 0, got {w.text_tokens}")
+        try:
+            LayoutConfig(shots=w.shots[0], frames=w.frames[0], tokens_per_frame=w.tokens_per_frame,
+                         text_tokens=w.text_tokens, text_placement=w.text_placement).build()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+    t = cfg.timing
+    if t.repeats < 1 or t.warmup < 0 or t.max_inner < 1:
+        raise ConfigError(f"timing: repeats >= 1, warmup >= 0, max_inner >= 1 required, got "
+                          f"repeats={t.repeats}, warmup={t.warmup}, max_inner={t.max_inner}")
+
+
+def entry_label(b: BackendEntry) -> str:
+    return b.label or get_backend(b.name, **_plain(b.params)).label
+
+
+def expand_cells(cfg: BenchConfig) -> list[Cell]:
+    """Every cell of the sweep, workload-major (so a workload's dense row comes early)."""
+    check_config(cfg)
+    settings = {"timing": asdict(cfg.timing), "validate": asdict(cfg.validate), "seed": cfg.seed}
+    cells = []
+    for w in cfg.workloads:
+        for frames in w.frames:
+            for shots in w.shots:
+                for pass_ in w.passes:
+                    for b in cfg.backends:
+                        params = dict(_plain(b.params))
+                        shape = dict(workload=w.name, shots=shots, frames=frames, tokens_per_frame=w.tokens_per_frame,
+                                     text_tokens=w.text_tokens, text_placement=w.text_placement, batch=w.batch,
+                                     heads=w.heads, head_dim=w.head_dim, dtype=w.dtype, device=w.device, pass_=pass_)
+                        key = _hash({"backend": b.name, "params": params, **shape, **settings})
+                        cells.append(Cell(backend=b.name, params=params, label=entry_label(b), key=key, **shape))
+    return cells

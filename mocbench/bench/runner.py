@@ -1,0 +1,178 @@
+"""Run a benchmark sweep: for every cell, skip-or-validate-then-time, and write one row.
+
+Order per cell: (1) already in the store -> nothing; (2) unsupported here (missing package,
+device, dtype, head_dim, no backward, no CUDA) -> a ``skipped`` row with every reason;
+(3) validation against the float64 masked reference on a shrunken layout -> a ``failed`` row
+on mismatch; (4) measured and analytic accounting, then timing of ``prepare`` (routing),
+``forward`` (attention; plus backward for ``fwd+bwd``) and the two together (``total``).
+An exception inside a cell (e.g. out of memory) makes a ``failed`` row naming it; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from mocbench.backend import AttentionBackend
+from mocbench.bench.config import BenchConfig, Cell, config_hash, expand_cells
+from mocbench.bench.env import environment
+from mocbench.bench.store import ResultStore
+from mocbench.bench.timing import peak_memory_mb, time_call
+from mocbench.bench.validate import small_layout, validate_backend
+from mocbench.registry import get_backend
+
+
+def run_bench(cfg: BenchConfig, *, output: str | None = None, retry_failed: bool = False, progress: bool = True,
+              on_cell_done: Callable[[Cell, dict], None] | None = None) -> ResultStore:
+    """Measure every cell of ``cfg`` not yet in the store at ``output`` (default ``cfg.output_path``)."""
+    cells = expand_cells(cfg)
+    store = ResultStore(output or cfg.output_path)
+    todo = [c for c in cells if not store.done(c.key, retry_failed=retry_failed)]
+    chash = config_hash(cfg)
+    bar = _progress(progress)
+    with bar or nullcontext():
+        task = bar.add_task("bench", total=len(cells), completed=len(cells) - len(todo)) if bar else None
+        for cell in todo:
+            if bar:
+                bar.update(task, description=f"{cell.label} | {cell.workload} shots={cell.shots} "
+                                             f"frames={cell.frames} {cell.pass_}")
+            row = measure_cell(cell, cfg)
+            row["config_hash"], row["config_name"] = chash, cfg.name
+            store.add(row)
+            if bar:
+                bar.advance(task)
+            if on_cell_done is not None:
+                on_cell_done(cell, row)
+    return store
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=False)
+
+
+def cell_row(cell: Cell, backend: AttentionBackend | None) -> dict:
+    """The descriptive columns of a cell's row (no measurements)."""
+    layout = cell.layout()
+    row = {
+        "key": cell.key, "backend": cell.backend, "label": cell.label,
+        "family": backend.family if backend is not None else "",
+        "params": json.dumps(cell.params, sort_keys=True), "workload": cell.workload, "shots": cell.shots,
+        "frames": cell.frames, "tokens_per_frame": cell.tokens_per_frame, "text_tokens": cell.text_tokens,
+        "text_placement": cell.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
+        "batch": cell.batch, "heads": cell.heads, "head_dim": cell.head_dim, "dtype": cell.dtype,
+        "device": cell.device, "pass": cell.pass_,
+    }
+    row.update(environment(cell.device))
+    return row
+
+
+def skip_reasons(backend: AttentionBackend, cell: Cell) -> list[str]:
+    reasons = []
+    device = torch.device(cell.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        reasons.append("CUDA is not available on this machine")
+    for r in backend.not_supported_reasons(device=device, dtype=cell.torch_dtype, head_dim=cell.head_dim,
+                                           requires_grad=cell.pass_ == "fwd+bwd", layout=cell.layout()):
+        if r not in reasons:
+            reasons.append(r)
+    return reasons
+
+
+def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
+    """One finished row for ``cell``: ok (with timings), skipped (with reasons) or failed (with the error)."""
+    backend = get_backend(cell.backend, **cell.params)
+    row = cell_row(cell, backend)
+    reasons = skip_reasons(backend, cell)
+    if reasons:
+        return _finish(row, "skipped", "; ".join(reasons))
+    try:
+        if cfg.validate.enabled:
+            v = cfg.validate
+            small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens,
+                                 cell.text_placement, max_frames=v.max_frames,
+                                 max_tokens_per_frame=v.max_tokens_per_frame, max_text_tokens=v.max_text_tokens)
+            check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype,
+                                     device=cell.device, heads=v.heads, seed=v.seed)
+            row.update(validation_max_err=check.max_abs_err, validation_tol=check.tolerance)
+            if not check.ok:
+                return _finish(row, "failed", check.message(cell.label, cell.dtype))
+        row.update(_measure(backend, cell, cfg))
+    except Exception as exc:  # noqa: BLE001 -- recorded as a failed row, with the error, never a silent NaN
+        _release(cell.device)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return _finish(row, "failed", f"{type(exc).__name__}: {first}")
+    return _finish(row, "ok", "")
+
+
+def _finish(row: dict, status: str, reason: str) -> dict:
+    row.update(status=status, reason=reason, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    return row
+
+
+def _release(device: str) -> None:
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():  # pragma: no cover (GPU)
+        torch.cuda.empty_cache()
+
+
+def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
+    layout = cell.layout()
+    device = torch.device(cell.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = (cell.batch, cell.heads, layout.num_tokens, cell.head_dim)
+    q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=cell.torch_dtype) for _ in range(3))
+
+    stats = backend.stats(q, k, layout)
+    est = backend.estimate(layout, head_dim=cell.head_dim, batch=cell.batch, heads=cell.heads)
+    backward = cell.pass_ == "fwd+bwd"
+    timed_flops = stats.total_flops + (stats.backward_attention_flops if backward else 0)
+    out = {
+        "pairs": stats.pairs, "sparsity": stats.sparsity, "num_chunks": stats.num_chunks,
+        "attention_flops": stats.attention_flops, "routing_flops": stats.routing_flops + stats.pooling_flops,
+        "total_flops": stats.total_flops, "dense_flops": stats.dense_flops,
+        "est_pairs": est.pairs, "est_sparsity": est.sparsity, "est_attention_flops": est.attention_flops,
+        "est_total_flops": est.total_flops, "timed_flops": timed_flops,
+    }
+
+    if backward:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        grad_out = torch.randn(shape, generator=gen).to(device=device, dtype=cell.torch_dtype)
+
+        def attend(plan):
+            o = backend.forward(q, k, v, plan)
+            o.backward(grad_out)
+            q.grad = k.grad = v.grad = None
+        grad_ctx = nullcontext
+    else:
+        def attend(plan):
+            return backend.forward(q, k, v, plan)
+        grad_ctx = torch.no_grad
+
+    t = cfg.timing
+    opts = dict(warmup=t.warmup, repeats=t.repeats, min_repeat_ms=t.min_repeat_ms, max_inner=t.max_inner,
+                l2_flush=t.l2_flush, max_seconds=t.max_seconds_per_cell)
+    with grad_ctx():
+        plan = backend.prepare(q, k, layout)
+        prepare = time_call(lambda: backend.prepare(q, k, layout), device, **opts)
+        forward = time_call(lambda: attend(plan), device, **opts)
+        total = time_call(lambda: attend(backend.prepare(q, k, layout)), device, **opts)
+        mem, mem_method = peak_memory_mb(lambda: attend(backend.prepare(q, k, layout)), device)
+    del plan
+    _release(cell.device)
+    out.update(
+        prepare_ms=prepare.median_ms, prepare_iqr_ms=prepare.iqr_ms, forward_ms=forward.median_ms,
+        forward_iqr_ms=forward.iqr_ms, total_ms=total.median_ms, total_iqr_ms=total.iqr_ms,
+        repeats=len(total.samples_ms), inner=total.inner, peak_mem_mb=mem, mem_method=mem_method,
+        tflops=timed_flops / (total.median_ms * 1e-3) / 1e12 if total.median_ms > 0 else math.nan,
+    )
+    return out

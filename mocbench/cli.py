@@ -1,4 +1,4 @@
-"""The ``mocbench`` command line: ``backends`` and ``plan`` (later issues add bench/train/eval).
+"""The ``mocbench`` command line: ``backends``, ``plan``, ``bench``, ``report`` (later issues add train/eval).
 
 Every subcommand has ``--help``. Configs are YAML files plus ``key=value`` overrides.
 User errors (bad config, unknown backend, bad layout) print one clear line and exit 2.
@@ -92,6 +92,55 @@ def _short_layout(layout) -> str:
             f"{layout.tokens_per_frame} tokens/frame + {layout.num_text_tokens} caption tokens")
 
 
+def _print_frame(title: str, frame) -> None:
+    import pandas as pd
+
+    from mocbench.bench.tables import fmt
+
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left", overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(fmt(v) for v in row))
+    console.print(table)
+
+
+def _print_bench_summary(stores: str | list[str], reference: str) -> None:
+    from mocbench.bench.report import build_tables
+    from mocbench.bench.store import load_table
+
+    built = build_tables(load_table(stores), reference)
+    if not built["latency_pivot"].empty:
+        _print_frame(f"total latency per layer, ms (speed-up vs {reference})", built["latency_pivot"])
+    if not built["status"].empty:
+        _print_frame("skipped / failed cells", built["status"])
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mocbench.bench import load_bench_config, run_bench
+
+    cfg = load_bench_config(args.config, args.overrides)
+    out = args.out or cfg.output_path
+    store = run_bench(cfg, output=out, retry_failed=args.retry_failed, progress=not args.no_progress)
+    counts = {}
+    for row in store.rows.values():
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    _print_bench_summary(out, cfg.reference)
+    console.print(f"result store: {out} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+                  f"report: mocbench report {out}", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mocbench.bench.report import write_report
+
+    written = write_report(args.stores, args.out, reference=args.reference, figures=not args.no_figures)
+    _print_bench_summary(args.stores, args.reference)
+    console.print(f"wrote {len(written)} files under {written[-1].parent}: "
+                  + ", ".join(str(p.relative_to(written[-1].parent)) for p in written), highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mocbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,12 +160,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "bench", help="validate and time backends over a sweep of workloads into a resumable result store",
+        description="Run a benchmark sweep (see configs/bench/): every backend x workload cell is skipped (with "
+                    "reasons), validated against the float64 masked reference, then timed; one row per cell is "
+                    "written atomically, and a re-run skips finished cells. Example: mocbench bench "
+                    "configs/bench/cpu_quick.yaml timing.repeats=3 'workloads.0.shots=[1,2]'",
+    )
+    p.add_argument("config", nargs="?", help="YAML sweep config (see configs/bench/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    p.add_argument("--out", help="result store CSV (default: the config's output)")
+    p.add_argument("--retry-failed", action="store_true", help="re-measure cells whose row says failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "report", help="tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) from result stores",
+        description="Write tables/, figures/, env.json and report.md from one or more result stores.",
+    )
+    p.add_argument("stores", nargs="+", help="result store CSV file(s) written by mocbench bench")
+    p.add_argument("--out", help="output directory (default: the first store's directory)")
+    p.add_argument("--reference", default="dense", help="backend label speed-ups are relative to (default dense)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after an option (``bench CFG --out X a=1``) are still overrides
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "config", None) and "=" in args.config:  # only overrides were given
         args.overrides = [args.config, *args.overrides]
         args.config = None

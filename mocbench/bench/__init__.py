@@ -12,9 +12,9 @@
 * ``tables`` and ``figures``  pure functions of the store (pandas, seaborn)
 """
 
-from mocbench.bench.config import BenchConfig, Cell, check_config, expand_cells
+from mocbench.bench.config import BenchConfig, Cell, check_config, expand_cells, load_bench_config
 from mocbench.bench.runner import measure_cell, run_bench
 from mocbench.bench.store import ResultStore, load_table
 
-__all__ = ["BenchConfig", "Cell", "ResultStore", "check_config", "expand_cells", "load_table", "measure_cell",
+__all__ = ["BenchConfig", "Cell", "ResultStore", "check_config", "expand_cells", "load_bench_config", "load_table", "measure_cell",
            "run_bench"]

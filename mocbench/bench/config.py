@@ -27,7 +27,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from mocbench.config import ConfigError, LayoutConfig, _plain
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mocbench.config import ConfigError, LayoutConfig, _plain, load_config
 from mocbench.layout import TokenLayout
 from mocbench.registry import get_backend
 
@@ -191,6 +194,31 @@ def check_config(cfg: BenchConfig) -> None:
     if t.repeats < 1 or t.warmup < 0 or t.max_inner < 1:
         raise ConfigError(f"timing: repeats >= 1, warmup >= 0, max_inner >= 1 required, got "
                           f"repeats={t.repeats}, warmup={t.warmup}, max_inner={t.max_inner}")
+
+
+def load_bench_config(path: str | None = None, overrides: list[str] | None = None) -> BenchConfig:
+    """Schema <- YAML <- overrides, like :func:`mocbench.config.load_config`, but an override may
+    index into a list (``workloads.0.shots=[1,2]``, ``backends.1.params.top_k=3``); then checked."""
+    cfg = load_config(BenchConfig, path)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        node = OmegaConf.structured(cfg)
+        for item in overrides:
+            key, _, text = item.partition("=")
+            try:
+                value = OmegaConf.from_dotlist([f"value={text}"])["value"]
+                OmegaConf.update(node, key, value, merge=True)
+            except OmegaConfBaseException as exc:
+                msg = str(exc).strip().splitlines()[0]
+                raise ConfigError(f"invalid config key {key!r}: {msg}") from None
+        try:
+            cfg = OmegaConf.to_object(node)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"invalid config: {str(exc).strip().splitlines()[0]}") from None
+    check_config(cfg)
+    return cfg
 
 
 def entry_label(b: BackendEntry) -> str:

@@ -115,7 +115,7 @@ def load_table(paths: str | os.PathLike | Iterable[str | os.PathLike]):
         if col in _TEXT_COLUMNS or col.startswith("env_"):
             continue
         converted = pd.to_numeric(df[col].replace("", "nan"), errors="coerce")
-        if converted.notna().any() or (df[col] == "").all():
+        if converted.notna().any() or df[col].isin(["", "nan"]).all():
             df[col] = converted
     return df
 

@@ -1,0 +1,85 @@
+"""``mocbench report``: result store(s) -> tables (Markdown, LaTeX, CSV), figures (PNG, PDF), env.
+
+Layout of ``out_dir``::
+
+    report.md                      every table + figure links + environment
+    env.json                       the distinct environments the rows were measured in
+    tables/{latency,latency_pivot,flops,status}.{md,tex,csv}
+    figures/{latency_vs_shots,speedup_vs_sparsity}.{png,pdf}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mocbench.bench import tables
+from mocbench.bench.store import atomic_write_text, load_table
+
+TABLES = {
+    "latency_pivot": ("Total latency per layer in ms (speed-up vs {ref}) by shots and tokens", tables.latency_pivot),
+    "latency": ("Latency (median and IQR, ms), speed-up vs {ref}, effective TFLOP/s", tables.latency_table),
+    "flops": ("FLOPs per layer: measured vs analytic, and sparsity", tables.flops_table),
+    "status": ("Skipped and failed cells with their reasons", tables.status_table),
+}
+
+
+def build_tables(df: pd.DataFrame, reference: str = "dense") -> dict[str, pd.DataFrame]:
+    """Every report table from the raw store DataFrame (pure)."""
+    full = tables.with_derived(df, reference)
+    return {name: fn(full) for name, (_, fn) in TABLES.items()}
+
+
+def environments(df: pd.DataFrame) -> list[dict]:
+    cols = [c for c in df.columns if c.startswith("env_")]
+    if not cols:
+        return []
+    envs = df[cols + ["device"]].drop_duplicates()
+    return [{k.removeprefix("env_"): v for k, v in row.items()} for row in envs.to_dict("records")]
+
+
+def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *, reference: str = "dense",
+                 figures: bool = True) -> list[Path]:
+    """Write every table, figure and the environment for ``stores`` into ``out_dir``; return the paths."""
+    stores = [stores] if isinstance(stores, (str, Path)) else list(stores)
+    for s in stores:
+        if not Path(s).is_file():
+            raise ValueError(f"result store {str(s)!r} does not exist")
+    out = Path(out_dir) if out_dir is not None else Path(stores[0]).parent
+    df = load_table(stores)
+    if df.empty:
+        raise ValueError(f"result store {', '.join(map(str, stores))} has no rows")
+    written: list[Path] = []
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    built = build_tables(df, reference)
+    md_parts = [f"# Benchmark report\n\nStores: {', '.join(f'`{s}`' for s in stores)}; "
+                f"{len(df)} cells ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}); "
+                f"speed-ups are vs `{reference}` on the same workload cell.\n"]
+    for name, table in built.items():
+        caption = TABLES[name][0].format(ref=reference)
+        base = out / "tables" / name
+        for suffix, text in ((".md", tables.to_markdown(table)), (".tex", tables.to_latex(table, caption)),
+                             (".csv", table.to_csv(index=False))):
+            atomic_write_text(base.with_suffix(suffix), text)
+            written.append(base.with_suffix(suffix))
+        md_parts.append(f"## {caption}\n\n{tables.to_markdown(table)}")
+    if figures:
+        from mocbench.bench import figures as figs
+
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+        full = tables.with_derived(df, reference)
+        for stem, fig in (("latency_vs_shots", figs.latency_vs_shots(full)),
+                          ("speedup_vs_sparsity", figs.speedup_vs_sparsity(full, reference))):
+            paths = figs.save(fig, out / "figures", stem)
+            written += paths
+            if paths:
+                md_parts.append(f"![{stem}](figures/{stem}.png)\n")
+    envs = environments(df)
+    atomic_write_text(out / "env.json", json.dumps(envs, indent=2) + "\n")
+    written.append(out / "env.json")
+    md_parts.append("## Environment\n\n" + tables.to_markdown(pd.DataFrame(envs)))
+    atomic_write_text(out / "report.md", "\n".join(md_parts))
+    written.append(out / "report.md")
+    return written

@@ -1,0 +1,130 @@
+"""Report tables: pure functions from the result-store DataFrame to pandas tables, and
+minimal Markdown / LaTeX writers for them (no measuring here).
+
+* :func:`with_derived`   adds ``speedup`` (reference total / row total, same workload cell) and
+                         ``flops_ratio`` (measured / analytic total FLOPs)
+* :func:`latency_table`  long table: prepare / forward / total (median ± IQR), speed-up, TFLOP/s
+* :func:`latency_pivot`  tokens/shots x backend: "total ms (speed-up)"
+* :func:`flops_table`    measured vs analytic FLOPs and sparsity
+* :func:`status_table`   skipped / failed cells with their reasons
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+# Columns that identify one workload cell: rows sharing them are comparable (speed-up).
+CELL_COLUMNS = ["workload", "shots", "frames", "tokens_per_frame", "text_tokens", "text_placement", "tokens",
+                "batch", "heads", "head_dim", "dtype", "device", "pass"]
+
+
+def with_derived(df: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
+    """``df`` plus ``speedup`` vs the ``reference`` label's ok row of the same cell, and ``flops_ratio``."""
+    df = df.copy()
+    ok = df[(df["status"] == "ok") & (df["label"] == reference)]
+    ref = ok.drop_duplicates(CELL_COLUMNS, keep="last").set_index(CELL_COLUMNS)["total_ms"].rename("reference_ms")
+    df = df.join(ref, on=CELL_COLUMNS)
+    df["speedup"] = df["reference_ms"] / df["total_ms"]
+    df["flops_ratio"] = df["total_flops"] / df["est_total_flops"]
+    df["dense_over_total"] = df["dense_flops"] / df["total_flops"]
+    return df
+
+
+def _ok_sorted(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[df["status"] == "ok"]
+    return ok.sort_values(["workload", "device", "dtype", "pass", "frames", "shots", "tokens", "label"], kind="stable")
+
+
+def latency_table(df: pd.DataFrame) -> pd.DataFrame:
+    ok = _ok_sorted(df)
+    cols = {"workload": "workload", "device": "device", "dtype": "dtype", "pass": "pass", "shots": "shots",
+            "tokens": "tokens", "label": "backend", "sparsity": "sparsity", "prepare_ms": "prepare ms",
+            "prepare_iqr_ms": "prepare IQR", "forward_ms": "forward ms", "forward_iqr_ms": "forward IQR",
+            "total_ms": "total ms", "total_iqr_ms": "total IQR", "speedup": "speed-up", "tflops": "TFLOP/s",
+            "peak_mem_mb": "peak MiB"}
+    return ok[list(cols)].rename(columns=cols).reset_index(drop=True)
+
+
+def latency_pivot(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (workload, pass, shots, tokens), one column per backend: "ms (x speed-up)"."""
+    ok = _ok_sorted(df)
+    if ok.empty:
+        return pd.DataFrame()
+    text = ok.assign(cell=[f"{ms:.3g} ({sp:.2f}x)" if not math.isnan(sp) else f"{ms:.3g}"
+                           for ms, sp in zip(ok["total_ms"], ok["speedup"])])
+    index = ["workload", "device", "dtype", "pass", "shots", "tokens"]
+    labels = list(dict.fromkeys(ok["label"]))
+    pivot = text.pivot_table(index=index, columns="label", values="cell", aggfunc="last")
+    pivot = pivot[[lab for lab in labels if lab in pivot.columns]].fillna("-")
+    pivot.columns.name = None
+    return pivot.reset_index()
+
+
+def flops_table(df: pd.DataFrame) -> pd.DataFrame:
+    ok = _ok_sorted(df)
+    ok = ok[ok["pass"] == ok["pass"].iloc[0]] if not ok.empty else ok  # FLOPs do not depend on the pass
+    cols = {"workload": "workload", "shots": "shots", "tokens": "tokens", "label": "backend",
+            "num_chunks": "chunks", "sparsity": "sparsity", "est_sparsity": "sparsity (analytic)",
+            "attention_flops": "attn FLOPs", "routing_flops": "routing FLOPs", "total_flops": "total FLOPs",
+            "est_total_flops": "total FLOPs (analytic)", "flops_ratio": "measured/analytic",
+            "dense_over_total": "dense/total"}
+    return ok.drop_duplicates(["workload", "shots", "frames", "tokens", "label", "batch", "heads", "head_dim"])[
+        list(cols)].rename(columns=cols).reset_index(drop=True)
+
+
+def status_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Skipped and failed cells grouped by backend and reason."""
+    bad = df[df["status"] != "ok"]
+    if bad.empty:
+        return pd.DataFrame(columns=["backend", "status", "cells", "reason"])
+    out = (bad.groupby(["label", "status", "reason"], sort=False).size().rename("cells").reset_index()
+           .rename(columns={"label": "backend"}))
+    return out[["backend", "status", "cells", "reason"]]
+
+
+# ----------------------------------------------------------------------------- writers
+def fmt(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "_(no rows)_\n"
+    head = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(table: pd.DataFrame, caption: str = "") -> str:
+    """A booktabs ``tabular`` (inside a ``table`` float when ``caption`` is given)."""
+    if table.empty:
+        return "% (no rows)\n"
+    align = "".join("r" if pd.api.types.is_numeric_dtype(table[c]) else "l" for c in table.columns)
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(latex_escape(str(c)) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(latex_escape(fmt(v)) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines = [r"\begin{table}[t]", r"\centering", r"\small", *lines, rf"\caption{{{latex_escape(caption)}}}",
+                 r"\end{table}"]
+    return "\n".join(lines) + "\n"

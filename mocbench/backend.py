@@ -88,10 +88,10 @@ class Capabilities:
             dev = torch.device(device)
             if dev.type not in self.devices:
                 out.append(f"device {dev.type!r} not supported (supports {', '.join(self.devices)})")
-            elif dev.type == "cuda" and self.min_compute_capability is not None:
+            elif dev.type == "cuda":
                 if not torch.cuda.is_available():
-                    out.append("CUDA is not available")
-                else:
+                    out.append("CUDA is not available on this machine")
+                elif self.min_compute_capability is not None:
                     cc = torch.cuda.get_device_capability(dev)
                     if cc < self.min_compute_capability:
                         need = ".".join(map(str, self.min_compute_capability))

@@ -8,6 +8,7 @@ implementation on that plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,6 +28,8 @@ from mocbench.stats import AttentionStats, routing_cost
 class MoCPlan(Plan):
     structure: AnchorStructure | None = None
     selected: torch.Tensor | None = None  # (B, H, L, K) chunk indices, -1 = empty slot
+    impl: str = "reference"  # the implementation this plan was prepared for
+    impl_state: Any = None  # index structures built by that implementation's prepare step
 
 
 @register_backend("moc", family="moc", params=MoCParams, caps=Capabilities(),
@@ -40,13 +43,20 @@ class MoCBackend(AttentionBackend):
         super().__init__(params)
         self._generators: dict[torch.device, torch.Generator] = {}
 
-    def not_supported_reasons(self, q=None, *, device=None, **kw):
-        reasons = super().not_supported_reasons(q, device=device, **kw)
+    def not_supported_reasons(self, q=None, *, device=None, requires_grad=None, **kw):
+        reasons = super().not_supported_reasons(q, device=device, requires_grad=requires_grad, **kw)
         dev = q.device if q is not None else device
-        if dev is not None and self.params.impl != "auto":
-            impl = IMPLS[self.params.impl]
-            if torch.device(dev).type not in impl.devices:
-                reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {torch.device(dev).type}")
+        grad = requires_grad if requires_grad is not None else (q is not None and q.requires_grad)
+        if dev is not None:
+            dtype = torch.device(dev).type
+            try:
+                impl = resolve_impl(self.params.impl, dtype)
+            except ValueError as exc:
+                return reasons + [str(exc)]
+            if dtype not in impl.devices:
+                reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {dtype}")
+            elif grad and dtype not in impl.backward_devices:
+                reasons.append(f"impl {impl.name!r} has no backward pass on {dtype} (inputs require grad)")
         return reasons
 
     def structure(self, layout: TokenLayout, *, per_token: bool = True) -> AnchorStructure:
@@ -72,10 +82,17 @@ class MoCBackend(AttentionBackend):
             p_drop_in=p.p_drop_in if training else 0.0,
             n_drop_in=p.n_drop_in if training else 0, generator=gen,
         )
-        return MoCPlan(layout, B, H, D, q.device, scale=scale, structure=structure, selected=selected)
+        impl = resolve_impl(p.impl, q.device.type)
+        plan = MoCPlan(layout, B, H, D, q.device, scale=scale, structure=structure, selected=selected, impl=impl.name)
+        if impl.prepare is not None:
+            plan.impl_state = impl.prepare(plan)
+        return plan
 
     def forward(self, q, k, v, plan: MoCPlan) -> torch.Tensor:
-        return resolve_impl(self.params.impl, q.device.type).forward(q, k, v, plan)
+        impl = resolve_impl(self.params.impl, q.device.type)
+        if impl.name != plan.impl:
+            raise ValueError(f"this plan was prepared for impl {plan.impl!r} but forward would run {impl.name!r}")
+        return impl.forward(q, k, v, plan)
 
     def _pattern(self, plan: MoCPlan) -> torch.Tensor:
         return moc_mask(plan)

@@ -1,0 +1,149 @@
+"""MoC on FlexAttention: a ``BlockMask`` built directly from the routing, plus a per-token mask_mod.
+
+The block mask is assembled from the plan with ``BlockMask.from_kv_blocks`` (never
+``create_block_mask`` over a closure, which would evaluate the mask on every token pair):
+
+* anchored pairs per (q-block, kv-block) = (queries of each class in the q-block)
+  @ (anchored keys of each class in the kv-block): a block is **full** when every pair in it
+  is anchored, **partial** when some are; full blocks skip the mask_mod entirely;
+* routed blocks = (chunks routed by any query of the q-block) @ (chunk -> kv-block incidence).
+
+The per-token ``mask_mod`` then decides exactly, inside partial blocks, whether query i
+attends key j: text anchor, own shot / own chunk, or key's chunk among i's ``K`` routed slots.
+
+Legend: B batch, H heads, L tokens, Lp tokens padded to the block size, C chunks, Q query
+classes, QB/KB q/kv blocks, K routed slots per query.
+
+On CUDA the attention runs through ``torch.compile(flex_attention)``; on CPU FlexAttention runs
+eagerly (unfused, O(L^2) memory), which is only meant for correctness tests at small sizes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+BLOCK = 128
+_compiled_flex = None
+
+
+@dataclass
+class FlexState:
+    block_mask: BlockMask
+
+
+def _counts(block_of: torch.Tensor, group_of: torch.Tensor, n_blocks: int, n_groups: int) -> torch.Tensor:
+    """(n_groups, n_blocks) number of tokens of each group in each block."""
+    flat = torch.bincount(group_of * n_blocks + block_of, minlength=n_groups * n_blocks)
+    return flat.view(n_groups, n_blocks)
+
+
+def _pad(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, length - t.shape[-1]), value=value)
+
+
+def anchored_block_pairs(layout, structure, block_q: int, block_k: int) -> torch.Tensor:
+    """(QB, KB) float64: number of anchored (query, key) pairs in every block (exact)."""
+    L = layout.num_tokens
+    QB, KB = -(-L // block_q), -(-L // block_k)
+    pos = torch.arange(L)
+    qb, kb = pos // block_q, pos // block_k
+    ct = structure.chunks
+    Q = structure.num_classes
+    queries_per_class = _counts(qb, structure.token_class, QB, Q).T.double()  # (QB, Q)
+    is_text = layout.modality == 0
+    text_kb = torch.bincount(kb[is_text], minlength=KB).double()  # (KB,)
+    if structure.local_anchor == "shot":
+        local = _counts(kb, layout.shot_id, KB, layout.num_shots).double()  # (S, KB)
+        local_text = _counts(kb[is_text], layout.shot_id[is_text], KB, layout.num_shots).double()
+        own = structure.class_shot
+    else:
+        local = _counts(kb, ct.chunk_id, KB, ct.num_chunks).double()  # (C, KB)
+        local_text = local * ct.is_text[:, None]
+        own = structure.class_chunk
+    anchored_keys = local[own]  # (Q, KB)
+    if structure.text_anchor:
+        anchored_keys = anchored_keys + text_kb[None, :] - local_text[own]
+    return queries_per_class @ anchored_keys
+
+
+def build_block_mask(plan, block: int = BLOCK) -> BlockMask:
+    layout, structure, selected = plan.layout, plan.structure, plan.selected
+    device = selected.device
+    B, H, L, K = selected.shape
+    C = structure.num_chunks
+    QB = KB = -(-L // block)
+    Lp = QB * block
+    ct = structure.chunks
+    pos = torch.arange(L)
+
+    # Anchors: exact pair counts per block decide full vs partial.
+    anchored = anchored_block_pairs(layout, structure, block, block).to(device)
+    n_in_block = torch.bincount(pos // block, minlength=QB).double().to(device)
+    full = anchored == n_in_block[:, None] * n_in_block[None, :]
+    partial = (anchored > 0) & ~full  # (QB, KB)
+
+    # Routing: which chunks any query of a q-block routed to, then which kv-blocks they touch.
+    if K:
+        qb = (torch.arange(L, device=device) // block)[None, None, :, None]
+        sel = torch.where(selected < 0, C, selected)
+        hit = torch.zeros(B, H, QB * (C + 1), dtype=torch.float32, device=device)
+        hit.scatter_(-1, (qb * (C + 1) + sel).reshape(B, H, -1), 1.0)
+        hit = hit.view(B, H, QB, C + 1)[..., :C]
+        incidence = torch.zeros(C, KB, dtype=torch.float32)
+        incidence[ct.chunk_id, pos // block] = 1.0
+        routed = (hit @ incidence.to(device)) > 0  # (B, H, QB, KB)
+        partial = partial[None, None] | (routed & ~full)
+    else:
+        partial = partial[None, None].expand(B, H, QB, KB)
+    full = full[None, None].expand(B, H, QB, KB)
+
+    def as_blocks(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = active.sum(-1).to(torch.int32)
+        idx = torch.argsort((~active).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num.contiguous(), idx.contiguous()
+
+    kv_num, kv_idx = as_blocks(partial.contiguous())
+    full_num, full_idx = as_blocks(full.contiguous())
+    mask_mod = _mask_mod(layout, structure, selected, Lp)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
+                                    mask_mod=mask_mod, seq_lengths=(L, L))
+
+
+def _mask_mod(layout, structure, selected, Lp: int):
+    device = selected.device
+    K = selected.shape[-1]
+    is_text = _pad((layout.modality == 0).to(device), Lp, False) if structure.text_anchor else None
+    own = layout.shot_id if structure.local_anchor == "shot" else structure.chunks.chunk_id
+    own = _pad(own.to(device), Lp, -1)
+    chunk = _pad(structure.chunks.chunk_id.to(device), Lp, -2)  # padding never equals a routed id
+    sel = _pad(selected.transpose(-1, -2), Lp, -1).transpose(-1, -2).contiguous() if K else None
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = own[q_idx] == own[kv_idx]
+        if is_text is not None:
+            keep = keep | is_text[kv_idx]
+        for slot in range(K):  # unrolled at trace time: K is static
+            keep = keep | (sel[b, h, q_idx, slot] == chunk[kv_idx])
+        return keep
+
+    return mask_mod
+
+
+def prepare_flex(plan) -> FlexState:
+    return FlexState(build_block_mask(plan))
+
+
+def flex_forward(q, k, v, plan) -> torch.Tensor:
+    global _compiled_flex
+    state: FlexState = plan.impl_state
+    if q.device.type == "cuda":
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=state.block_mask, scale=plan.scale)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        return flex_attention(q, k, v, block_mask=state.block_mask, scale=plan.scale)

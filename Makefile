@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/mocbench backends
 	$(VENV)/bin/mocbench plan configs/plan/paper_singleshot.yaml
 	$(VENV)/bin/mocbench plan configs/plan/paper_multishot.yaml
+	$(VENV)/bin/mocbench bench configs/bench/cpu_quick.yaml
+	$(VENV)/bin/mocbench report results/cpu_quick/results.csv
 
 test: $(STAMP)
 	$(PY) -m pytest -q

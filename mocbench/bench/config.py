@@ -100,6 +100,7 @@ class BenchConfig:
     output: Optional[str] = None  # default results/<name>/results.csv
     seed: int = 0
     reference: str = "dense"  # the label speed-ups are computed against
+    threads: Optional[int] = None  # CPU: torch.set_num_threads for the run (None: torch's default)
     backends: List[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
     workloads: List[WorkloadConfig] = field(default_factory=lambda: [WorkloadConfig()])
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -190,6 +191,8 @@ def check_config(cfg: BenchConfig) -> None:
                          text_tokens=w.text_tokens, text_placement=w.text_placement).build()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{at}: {exc}") from None
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be >= 1 or null, got {cfg.threads}")
     t = cfg.timing
     if t.repeats < 1 or t.warmup < 0 or t.max_inner < 1:
         raise ConfigError(f"timing: repeats >= 1, warmup >= 0, max_inner >= 1 required, got "
@@ -228,7 +231,8 @@ def entry_label(b: BackendEntry) -> str:
 def expand_cells(cfg: BenchConfig) -> list[Cell]:
     """Every cell of the sweep, workload-major (so a workload's dense row comes early)."""
     check_config(cfg)
-    settings = {"timing": asdict(cfg.timing), "validate": asdict(cfg.validate), "seed": cfg.seed}
+    settings = {"timing": asdict(cfg.timing), "validate": asdict(cfg.validate), "seed": cfg.seed,
+                "threads": cfg.threads}
     cells = []
     for w in cfg.workloads:
         for frames in w.frames:

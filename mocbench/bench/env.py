@@ -34,9 +34,13 @@ def _git_sha() -> str:
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
 
 
-@functools.lru_cache(maxsize=None)
 def environment(device: str = "cpu") -> dict[str, str]:
     """Versions and hardware; ``device`` selects which GPU name is reported."""
+    return {**_static_environment(device), "env_threads": str(torch.get_num_threads())}
+
+
+@functools.lru_cache(maxsize=None)
+def _static_environment(device: str) -> dict[str, str]:
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(torch.device(device)) if cuda and device.startswith("cuda") else ""
     return {
@@ -44,7 +48,6 @@ def environment(device: str = "cpu") -> dict[str, str]:
         "env_cuda": torch.version.cuda or "",
         "env_gpu": gpu,
         "env_cpu": _cpu_model(),
-        "env_threads": str(torch.get_num_threads()),
         "env_python": platform.python_version(),
         "env_os": f"{platform.system()} {platform.release()}",
         "env_mocbench": mocbench.__version__,

@@ -35,6 +35,17 @@ def run_bench(cfg: BenchConfig, *, output: str | None = None, retry_failed: bool
     todo = [c for c in cells if not store.done(c.key, retry_failed=retry_failed)]
     chash = config_hash(cfg)
     bar = _progress(progress)
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        _run_cells(cfg, cells, todo, store, chash, bar, on_cell_done)
+    finally:
+        torch.set_num_threads(threads)
+    return store
+
+
+def _run_cells(cfg, cells, todo, store, chash, bar, on_cell_done) -> None:
     with bar or nullcontext():
         task = bar.add_task("bench", total=len(cells), completed=len(cells) - len(todo)) if bar else None
         for cell in todo:
@@ -48,7 +59,6 @@ def run_bench(cfg: BenchConfig, *, output: str | None = None, retry_failed: bool
                 bar.advance(task)
             if on_cell_done is not None:
                 on_cell_done(cell, row)
-    return store
 
 
 def _progress(enabled: bool):

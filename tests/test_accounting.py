@@ -87,14 +87,16 @@ def test_paper_singleshot_scale_matches_table1_order_of_magnitude():
     assert 2.5e9 < s.total_flops < 5.5e9  # paper: 4.1e9
 
 
-def test_million_token_layout_is_accounted_in_well_under_a_second():
-    t0 = time.perf_counter()
+def test_million_token_layout_is_accounted_without_quadratic_work():
+    """Guards against an O(L^2) analytic path (which would need ~1e12 operations / 1 TB here).
+    Not a speed test: the bound is loose on purpose (typical: ~0.3 s on one idle core)."""
+    t0 = time.process_time()
     lay = TokenLayout.multi_shot(text_tokens=256, frames=64, tokens_per_frame=1560, shots=10)
     s = mocbench.estimate(lay, "moc", head_dim=128, top_k=8, chunking="frame")
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert lay.num_tokens > 1_000_000
     assert 0 < s.sparsity < 1
-    assert elapsed < 1.0, f"analytic accounting of {lay.num_tokens} tokens took {elapsed:.2f}s"
+    assert elapsed < 20.0, f"analytic accounting of {lay.num_tokens} tokens took {elapsed:.1f}s of CPU"
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from mocbench.backends.moc.flex import flex_forward, prepare_flex
+from mocbench.backends.moc.gather import gather_forward, prepare_gather
 from mocbench.backends.moc.reference import reference_forward
 
 
@@ -33,10 +34,14 @@ IMPLS: dict[str, MoCImpl] = {
                     "FlexAttention with a BlockMask built from the routing (compiled on CUDA; eager, "
                     "unfused and forward-only on CPU: correctness only)", prepare=prepare_flex,
                     backward_devices=("cuda",)),
+    "gather": MoCImpl("gather", gather_forward, ("cpu",),
+                      "CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused flash "
+                      "kernels, exact log-sum-exp merge; custom backward", prepare=prepare_gather,
+                      backward_devices=("cpu",)),
 }
 # What impl="auto" runs, per device type: the fastest exact implementation first.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("reference",),
+    "cpu": ("gather", "reference"),
     "cuda": ("flex", "reference"),
 }
 

@@ -121,12 +121,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = load_bench_config(args.config, args.overrides)
     out = args.out or cfg.output_path
-    store = run_bench(cfg, output=out, retry_failed=args.retry_failed, progress=not args.no_progress)
+    measured = []
+    store = run_bench(cfg, output=out, retry_failed=args.retry_failed, progress=not args.no_progress,
+                      on_cell_done=lambda cell, row: measured.append(cell.key))
     counts = {}
     for row in store.rows.values():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     _print_bench_summary(out, cfg.reference)
-    console.print(f"result store: {out} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+    console.print(f"result store: {out} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; "
+                  f"{len(measured)} measured now, the rest resumed from the store); "
                   f"report: mocbench report {out}", highlight=False)
     return 0
 

@@ -128,3 +128,13 @@ def test_validation_failure_makes_the_cell_failed_and_untimed(tmp_path, monkeypa
     dense = [r for r in read_rows(out).values() if r["backend"] == "dense"]
     assert dense and all(r["status"] == "failed" and "validation failed" in r["reason"] for r in dense)
     assert all(r["total_ms"] == "" for r in dense)
+
+
+def test_bench_command_prints_the_table_and_resumes(tmp_path, capsys):
+    from mocbench.cli import main
+    out = tmp_path / "r.csv"
+    assert main(["bench", "--no-progress", *TINY, f"output={out}"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "speed-up vs dense" in text and "xformers is not installed" in text and "8 measured now" in text
+    assert main(["bench", "--no-progress", *TINY, f"output={out}"]) == 0
+    assert "0 measured now" in " ".join(capsys.readouterr().out.split())

@@ -80,10 +80,23 @@ def cell_row(cell: Cell, backend: AttentionBackend | None) -> dict:
         "frames": cell.frames, "tokens_per_frame": cell.tokens_per_frame, "text_tokens": cell.text_tokens,
         "text_placement": cell.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
         "batch": cell.batch, "heads": cell.heads, "head_dim": cell.head_dim, "dtype": cell.dtype,
-        "device": cell.device, "pass": cell.pass_,
+        "device": cell.device, "pass": cell.pass_, "impl": resolved_impl(backend, cell.device),
     }
     row.update(environment(cell.device))
     return row
+
+
+def resolved_impl(backend: AttentionBackend | None, device: str) -> str:
+    """Which implementation a backend with an ``impl`` param (moc) actually runs here; "" otherwise."""
+    impl = getattr(getattr(backend, "params", None), "impl", None)
+    if not isinstance(impl, str) or impl != "auto" or backend.family != "moc":
+        return impl if isinstance(impl, str) else ""
+    from mocbench.backends.moc.impls import resolve_impl
+
+    try:
+        return resolve_impl(impl, torch.device(device).type).name
+    except ValueError:
+        return "auto (none for this device)"
 
 
 def skip_reasons(backend: AttentionBackend, cell: Cell) -> list[str]:

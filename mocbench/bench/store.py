@@ -21,7 +21,7 @@ COLUMNS = (
     "key", "config_hash", "config_name", "status", "reason",
     "backend", "label", "family", "params",
     "workload", "shots", "frames", "tokens_per_frame", "text_tokens", "text_placement", "tokens", "layout",
-    "batch", "heads", "head_dim", "dtype", "device", "pass",
+    "batch", "heads", "head_dim", "dtype", "device", "pass", "impl",
     "validation_max_err", "validation_tol",
     "prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms",
     "repeats", "inner", "peak_mem_mb", "mem_method",
@@ -121,4 +121,5 @@ def load_table(paths: str | os.PathLike | Iterable[str | os.PathLike]):
 
 
 _TEXT_COLUMNS = {"key", "config_hash", "config_name", "status", "reason", "backend", "label", "family", "params",
-                 "workload", "text_placement", "layout", "dtype", "device", "pass", "mem_method", "finished_at"}
+                 "workload", "text_placement", "layout", "dtype", "device", "pass", "impl", "mem_method",
+                 "finished_at"}

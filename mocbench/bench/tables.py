@@ -34,13 +34,15 @@ def with_derived(df: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
 
 def _ok_sorted(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
+    if "impl" not in ok.columns:  # stores written before the column existed
+        ok = ok.assign(impl="")
     return ok.sort_values(["workload", "device", "dtype", "pass", "frames", "shots", "tokens", "label"], kind="stable")
 
 
 def latency_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = _ok_sorted(df)
     cols = {"workload": "workload", "device": "device", "dtype": "dtype", "pass": "pass", "shots": "shots",
-            "tokens": "tokens", "label": "backend", "sparsity": "sparsity", "prepare_ms": "prepare ms",
+            "tokens": "tokens", "label": "backend", "impl": "impl", "sparsity": "sparsity", "prepare_ms": "prepare ms",
             "prepare_iqr_ms": "prepare IQR", "forward_ms": "forward ms", "forward_iqr_ms": "forward IQR",
             "total_ms": "total ms", "total_iqr_ms": "total IQR", "speedup": "speed-up", "tflops": "TFLOP/s",
             "peak_mem_mb": "peak MiB"}

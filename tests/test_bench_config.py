@@ -1,10 +1,11 @@
 """Bench configs: unknown keys, wrong types and bad values fail naming the key; cells expand and hash stably."""
 
+from pathlib import Path
+
 import pytest
 
 from mocbench.bench.config import expand_cells, load_bench_config
 from mocbench.config import ConfigError
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

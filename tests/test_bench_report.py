@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mocbench.bench.report import build_tables, write_report
+from mocbench.bench.report import build_tables
 from mocbench.bench.store import ResultStore, load_table
 from mocbench.cli import main
 

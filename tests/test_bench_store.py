@@ -51,7 +51,9 @@ def test_interrupted_run_resumes_without_remeasuring(tmp_path):
     cfg = tiny_cfg(out)
     n_cells = len(expand_cells(cfg))
 
-    def stop_after_three(cell, row, seen=[]):
+    seen = []
+
+    def stop_after_three(cell, row):
         seen.append(cell.key)
         if len(seen) == 3:
             raise Stop
@@ -70,7 +72,7 @@ def test_interrupted_run_resumes_without_remeasuring(tmp_path):
     fresh = tmp_path / "fresh.csv"
     run_bench(tiny_cfg(fresh), progress=False)
     cols = ["key", "status", "reason", "label", "tokens", "pairs", "total_flops", "est_total_flops"]
-    strip = lambda rows: sorted(tuple(r[c] for c in cols) for r in rows.values())  # noqa: E731
+    strip = lambda rows: sorted(tuple(r[c] for c in cols) for r in rows.values())
     assert strip(after) == strip(read_rows(fresh)), "resumed table must equal an uninterrupted run's"
 
 

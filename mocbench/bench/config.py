@@ -23,10 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
-
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -46,8 +45,8 @@ class BackendEntry:
     """One backend of the sweep: a registry name, its params, an optional display label."""
 
     name: str = "dense"
-    params: Dict[str, Any] = field(default_factory=dict)
-    label: Optional[str] = None  # default: the backend's own label (name + non-default params)
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # default: the backend's own label (name + non-default params)
 
 
 @dataclass
@@ -55,8 +54,8 @@ class WorkloadConfig:
     """A workload family: every (shots, frames) pair is one layout; every pass one cell."""
 
     name: str = "multishot"
-    shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    frames: List[int] = field(default_factory=lambda: [4])  # frames per shot
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    frames: list[int] = field(default_factory=lambda: [4])  # frames per shot
     tokens_per_frame: int = 64
     text_tokens: int = 16  # caption tokens per shot (or the one global caption)
     text_placement: str = "interleaved"
@@ -65,7 +64,7 @@ class WorkloadConfig:
     head_dim: int = 64
     dtype: str = "float32"
     device: str = "cpu"
-    passes: List[str] = field(default_factory=lambda: ["fwd"])  # "fwd" and/or "fwd+bwd"
+    passes: list[str] = field(default_factory=lambda: ["fwd"])  # "fwd" and/or "fwd+bwd"
 
 
 @dataclass
@@ -97,12 +96,12 @@ class BenchConfig:
     """``mocbench bench``: every backend entry x every workload cell, timed, into one result store."""
 
     name: str = "bench"
-    output: Optional[str] = None  # default results/<name>/results.csv
+    output: str | None = None  # default results/<name>/results.csv
     seed: int = 0
     reference: str = "dense"  # the label speed-ups are computed against
-    threads: Optional[int] = None  # CPU: torch.set_num_threads for the run (None: torch's default)
-    backends: List[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
-    workloads: List[WorkloadConfig] = field(default_factory=lambda: [WorkloadConfig()])
+    threads: int | None = None  # CPU: torch.set_num_threads for the run (None: torch's default)
+    backends: list[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
+    workloads: list[WorkloadConfig] = field(default_factory=lambda: [WorkloadConfig()])
     timing: TimingConfig = field(default_factory=TimingConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
 

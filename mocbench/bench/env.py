@@ -26,9 +26,9 @@ def _git_sha() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+                             timeout=10, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
@@ -39,7 +39,7 @@ def environment(device: str = "cpu") -> dict[str, str]:
     return {**_static_environment(device), "env_threads": str(torch.get_num_threads())}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _static_environment(device: str) -> dict[str, str]:
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(torch.device(device)) if cuda and device.startswith("cuda") else ""

@@ -14,9 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless; must precede pyplot
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 FAMILY_DASHES = {"dense": "", "moc": (4, 1.5), "fixed_sparse": (1, 1)}
 

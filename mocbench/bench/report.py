@@ -54,9 +54,9 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
     written: list[Path] = []
     (out / "tables").mkdir(parents=True, exist_ok=True)
     built = build_tables(df, reference)
-    md_parts = [f"# Benchmark report\n\nStores: {', '.join(f'`{s}`' for s in stores)}; "
-                f"{len(df)} cells ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}); "
-                f"speed-ups are vs `{reference}` on the same workload cell.\n"]
+    md_parts = [(f"# Benchmark report\n\nStores: {', '.join(f'`{s}`' for s in stores)}; "
+                 f"{len(df)} cells ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}); "
+                f"speed-ups are vs `{reference}` on the same workload cell.\n")]
     for name, table in built.items():
         caption = TABLES[name][0].format(ref=reference)
         base = out / "tables" / name

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 
@@ -182,15 +182,14 @@ def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
         grad_ctx = torch.no_grad
 
     t = cfg.timing
-    opts = dict(warmup=t.warmup, repeats=t.repeats, min_repeat_ms=t.min_repeat_ms, max_inner=t.max_inner,
-                l2_flush=t.l2_flush, max_seconds=t.max_seconds_per_cell)
+    opts = {"warmup": t.warmup, "repeats": t.repeats, "min_repeat_ms": t.min_repeat_ms, "max_inner": t.max_inner,
+            "l2_flush": t.l2_flush, "max_seconds": t.max_seconds_per_cell}
     with grad_ctx():
         plan = backend.prepare(q, k, layout)
         prepare = time_call(lambda: backend.prepare(q, k, layout), device, **opts)
         forward = time_call(lambda: attend(plan), device, **opts)
         total = time_call(lambda: attend(backend.prepare(q, k, layout)), device, **opts)
         mem, mem_method = peak_memory_mb(lambda: attend(backend.prepare(q, k, layout)), device)
-    del plan
     _release(cell.device)
     out.update(
         prepare_ms=prepare.median_ms, prepare_iqr_ms=prepare.iqr_ms, forward_ms=forward.median_ms,

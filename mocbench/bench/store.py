@@ -13,8 +13,8 @@ import csv
 import io
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 # The leading columns, in order; any other keys of a row follow alphabetically.
 COLUMNS = (

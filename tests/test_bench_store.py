@@ -140,3 +140,14 @@ def test_bench_command_prints_the_table_and_resumes(tmp_path, capsys):
     assert "speed-up vs dense" in text and "xformers is not installed" in text and "8 measured now" in text
     assert main(["bench", "--no-progress", *TINY, f"output={out}"]) == 0
     assert "0 measured now" in " ".join(capsys.readouterr().out.split())
+
+
+def test_forward_backward_pass_is_timed_and_counts_backward_flops(tmp_path):
+    out = tmp_path / "r.csv"
+    run_bench(tiny_cfg(out, ["workloads.0.passes=[fwd,fwd+bwd]", "workloads.0.shots=[2]"]), progress=False)
+    rows = [r for r in read_rows(out).values() if r["backend"] in ("dense", "moc")]
+    by = {(r["backend"], r["pass"]): r for r in rows}
+    for name in ("dense", "moc"):
+        fwd, both = by[(name, "fwd")], by[(name, "fwd+bwd")]
+        assert both["status"] == "ok", both["reason"]
+        assert float(both["timed_flops"]) == float(fwd["total_flops"]) + 2.5 * float(fwd["attention_flops"])

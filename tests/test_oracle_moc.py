@@ -144,10 +144,6 @@ def test_moc_impl_without_cpu_backward_refuses_grad_inputs(impl):
         mocbench.get_backend("moc", impl=impl, top_k=1)(q, k, v, layout)
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="BUG: moc impl='flex' on CPU admits requires_grad inputs under torch.no_grad() "
-                          "(check_supported sees grad disabled) but torch's CPU FlexAttention then raises "
-                          "NotImplementedError('does not support backward on CPU')")
 @pytest.mark.parametrize("impl", NO_GRAD_PARAMS)
 def test_moc_impl_without_cpu_backward_runs_under_no_grad(impl):
     """Under torch.no_grad() the backward restriction does not apply: the call is accepted by

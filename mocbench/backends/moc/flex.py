@@ -144,6 +144,8 @@ def flex_forward(q, k, v, plan) -> torch.Tensor:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=state.block_mask, scale=plan.scale)
+    if not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad, even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, block_mask=state.block_mask, scale=plan.scale)

@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="dense", help="backend label speed-ups are relative to (default dense)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.set_defaults(func=cmd_report)
+
+    from mocbench.tasks.cli import add_subcommands as add_task_subcommands  # train, sample
+
+    add_task_subcommands(sub)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""``mocbench train``: config -> data module + task + ``lightning.Trainer`` -> checkpoints and logs.
+
+Outputs under ``out_dir``: ``checkpoints/last.ckpt`` (plus periodic ones), ``logs/`` (CSV metrics)
+and ``config.yaml`` (the resolved config). ``resume=last`` (or a path) continues a run;
+``init_from=CKPT`` starts a new run from a checkpoint's weights, e.g. a dense-trained model
+fine-tuned with ``backend.name=moc``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from mocbench.tasks.config import TRAINER_DEFAULTS, ConfigError, TaskConfig, to_dict
+from mocbench.tasks.lightning_module import VideoTask, build_task
+from mocbench.tasks.shapeshots import ShapeShotsConfig
+
+
+def shapes_config(cfg: TaskConfig) -> ShapeShotsConfig:
+    d = cfg.data
+    return ShapeShotsConfig(height=d.height, width=d.width, frames=d.frames, shots=d.shots,
+                            num_entities=d.num_entities, num_scenes=d.num_scenes,
+                            max_entities_per_shot=d.max_entities_per_shot, pan_prob=d.pan_prob)
+
+
+def build_datamodule(cfg: TaskConfig) -> L.LightningDataModule:
+    d = cfg.data
+    if d.source == "folder":
+        from mocbench.tasks.folder import FolderDataModule
+
+        return FolderDataModule(d.root, index=d.index, shots=d.shots, frames=d.frames, height=d.height, width=d.width,
+                                text_tokens=d.text_tokens, batch_size=d.batch_size, num_workers=d.num_workers,
+                                seed=d.seed)
+    from mocbench.tasks.data import ShapeShotsDataModule, SingleShotDataModule
+
+    cls = SingleShotDataModule if cfg.task == "single_shot" else ShapeShotsDataModule
+    return cls(shapes_config(cfg), text_tokens=d.text_tokens, train_size=d.train_size, val_size=d.val_size,
+               batch_size=d.batch_size, num_workers=d.num_workers, seed=d.seed)
+
+
+def trainer_kwargs(cfg: TaskConfig) -> dict:
+    """``TRAINER_DEFAULTS`` <- ``trainer.*``; precision bf16-mixed on CUDA unless set; clipping from optim."""
+    kw = {**TRAINER_DEFAULTS, **dict(cfg.trainer)}
+    if "precision" not in kw:
+        on_gpu = torch.cuda.is_available() and kw.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        kw["precision"] = "bf16-mixed" if on_gpu else "32-true"
+    kw.setdefault("gradient_clip_val", cfg.optim.grad_clip or None)
+    return kw
+
+
+def init_weights_from(task: VideoTask, checkpoint: str) -> None:
+    """Copy the model weights of ``checkpoint`` into ``task`` (architectures must match)."""
+    if not Path(checkpoint).is_file():
+        raise ConfigError(f"init_from: checkpoint {checkpoint!r} does not exist")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    try:
+        task.model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise ConfigError(f"init_from: {checkpoint!r} does not fit this model: {str(exc).splitlines()[0]}") from None
+    if task.ema is not None:
+        task.ema.load_state_dict(model_state)
+
+
+def resolve_resume(cfg: TaskConfig) -> str | None:
+    if cfg.resume is None:
+        return None
+    path = Path(cfg.out_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.is_file():
+        raise ConfigError(f"resume: checkpoint {str(path)!r} does not exist")
+    return str(path)
+
+
+def train(cfg: TaskConfig, *, callbacks: list | None = None) -> tuple[L.Trainer, VideoTask, Path]:
+    """Fit ``cfg``; returns (trainer, task, path of the final checkpoint)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(to_dict(cfg)), out / "config.yaml")
+    dm = build_datamodule(cfg)
+    task = build_task(cfg, dm.tokenizer.words)
+    if cfg.init_from:
+        init_weights_from(task, cfg.init_from)
+    ckpt_path = resolve_resume(cfg)
+    ckpt_dir = out / "checkpoints"
+    kw = trainer_kwargs(cfg)
+    every = max(1, int(kw.get("max_steps") or 1000) // 4) if kw.get("max_steps", -1) > 0 else 1000
+    checkpointing = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True,
+                                                         every_n_train_steps=every, save_top_k=1)
+    logger = L.pytorch.loggers.CSVLogger(str(out), name="logs")
+    trainer = L.Trainer(default_root_dir=str(out), logger=kw.pop("logger", logger),
+                        callbacks=[checkpointing, *(callbacks or [])], **kw)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    final = ckpt_dir / "last.ckpt"
+    trainer.save_checkpoint(final)
+    return trainer, task, final

@@ -65,7 +65,8 @@ def save(fig, out_dir: Path, stem: str) -> list[Path]:
     if fig is None:
         return []
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+    for p in paths:  # no timestamps in the files: the same store gives byte-identical figures
+        metadata = {"CreationDate": None} if p.suffix == ".pdf" else {"Software": None}
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     return paths

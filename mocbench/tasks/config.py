@@ -100,6 +100,7 @@ class TaskConfig:
     out_dir: str = "runs/task"
     init_from: Optional[str] = None  # checkpoint whose weights start this run (e.g. dense -> moc fine-tune)
     resume: Optional[str] = None  # checkpoint path or "last" to continue a run (optimizer, step, ...)
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is fastest on a busy 2-core box
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -164,6 +165,8 @@ def check_task_config(cfg: TaskConfig) -> None:
                    ("model.patch_size", m.patch_size), ("model.temporal_patch", m.temporal_patch)):
         if v < 1:
             bad(key, f"must be >= 1, got {v}")
+    if cfg.threads is not None and cfg.threads < 1:
+        bad("threads", f"must be >= 1 or null, got {cfg.threads}")
     if d.text_tokens < 0:
         bad("data.text_tokens", f"must be >= 0, got {d.text_tokens}")
     if m.dim % m.heads:

@@ -15,6 +15,7 @@ import torch
 
 from mocbench.config import ConfigError
 from mocbench.tasks.lightning_module import VideoTask, load_task
+from mocbench.tasks.train import torch_threads
 from mocbench.tasks.media import contact_sheet, stack_sheets, write_mp4, write_png
 
 SAMPLE_TIME_KEYS = ("backend.", "sample.")
@@ -55,6 +56,11 @@ def sample_checkpoint(checkpoint: str, out: str | Path, *, overrides: list[str] 
     if not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
     task = load_task(checkpoint, overrides)
+    with torch_threads(task.cfg.threads):
+        return _sample(task, checkpoint, out, num, seed, steps, sampler, guidance, batch_size, write_files)
+
+
+def _sample(task: VideoTask, checkpoint, out, num, seed, steps, sampler, guidance, batch_size, write_files):
     task.eval()
     if torch.cuda.is_available():
         task.cuda()

@@ -8,6 +8,7 @@ fine-tuned with ``backend.name=moc``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -74,8 +75,25 @@ def resolve_resume(cfg: TaskConfig) -> str | None:
     return str(path)
 
 
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with ``n`` torch CPU threads (None: unchanged), restoring the previous count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(cfg: TaskConfig, *, callbacks: list | None = None) -> tuple[L.Trainer, VideoTask, Path]:
     """Fit ``cfg``; returns (trainer, task, path of the final checkpoint)."""
+    with torch_threads(cfg.threads):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: TaskConfig, callbacks: list | None) -> tuple[L.Trainer, VideoTask, Path]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,141 @@
+"""Video DiT: every attention layer calls the registry backend with the sample's layout, shapes,
+a tiny model's loss falls on a fixed batch, samplers, and config errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mocbench
+from mocbench.config import ConfigError
+from mocbench.tasks.config import load_task_config
+from mocbench.tasks.flow import flow_loss, integrate
+from mocbench.tasks.model import DiTShape, VideoDiT
+
+SHAPE = DiTShape(dim=32, depth=3, heads=2, patch_size=4, max_shots=4, max_frames=4, max_height=8, max_width=8,
+                 text_tokens=5, vocab_size=20)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and a busy 2-core box thrashes with more)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Spy:
+    """Wraps a backend and records the layout of every call."""
+
+    def __init__(self, inner):
+        self.inner, self.layouts = inner, []
+
+    def __call__(self, q, k, v, layout, **kw):
+        self.layouts.append(layout)
+        return self.inner(q, k, v, layout, **kw)
+
+
+def _inputs(B=2, S=3, F=2, T=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, S, F, 3, 8, 8, generator=g), torch.rand(B, generator=g), torch.randint(0, 20, (B, S, T), generator=g)
+
+
+def test_every_attention_layer_calls_the_backend_with_the_interleaved_layout():
+    model = VideoDiT(SHAPE, "dense")
+    spy = Spy(model.backend)
+    for blk in model.blocks:
+        blk.attn.backend = spy
+    x, t, ids = _inputs()
+    out = model(x, t, ids)
+    assert out.shape == x.shape
+    expected = mocbench.TokenLayout.multi_shot(text_tokens=[5] * 3, frames=[2] * 3, tokens_per_frame=4)
+    assert spy.layouts == [expected] * SHAPE.depth
+    assert [s.kind for s in expected.segments] == ["text", "video"] * 3
+
+
+def test_single_shot_layout_and_caption_free_stream():
+    model = VideoDiT(SHAPE, "dense")
+    assert model.layout_for(1, 2, 8, 8, 5) == mocbench.TokenLayout.single_shot(text_tokens=5, frames=2, tokens_per_frame=4)
+    x, t, _ = _inputs(S=1)
+    assert model(x, t, torch.zeros(2, 1, 0, dtype=torch.long)).shape == x.shape
+
+
+@pytest.mark.parametrize("name,params", [("moc", {"top_k": 1, "chunking": "frame"}), ("shot_local", {}),
+                                         ("frame_window", {"window": 1})])
+def test_sparse_backends_run_forward_and_backward(name, params):
+    model = VideoDiT(SHAPE, name, params)
+    x, t, ids = _inputs()
+    model(x, t, ids).square().mean().backward()
+    assert all(p.grad is not None for p in model.blocks[0].attn.qkv.parameters())
+
+
+def test_moc_with_every_chunk_matches_dense():
+    """Backend swap keeps the weights: MoC with top_k >= #chunks and causal=False is dense attention."""
+    torch.manual_seed(0)
+    model = VideoDiT(SHAPE, "dense")
+    for p in model.parameters():  # non-zero everywhere, so attention matters
+        p.data.normal_(0, 0.2)
+    x, t, ids = _inputs()
+    dense = model(x, t, ids)
+    model.set_backend("moc", {"top_k": 99, "causal": False, "chunking": "frame"})
+    assert torch.allclose(model(x, t, ids), dense, atol=1e-4)
+    model.set_backend("moc", {"top_k": 0})
+    assert not torch.allclose(model(x, t, ids), dense, atol=1e-4)
+
+
+def test_model_refuses_a_layout_it_cannot_handle():
+    model = VideoDiT(SHAPE, "dense")
+    x, t, ids = _inputs(S=5, T=5)
+    with pytest.raises(ValueError, match="shots=5 > model max_shots=4"):
+        model(x, t, ids)
+    with pytest.raises(ValueError, match="height=6 must be <= max_height=8 and a multiple of patch_size=4"):
+        model(torch.randn(1, 1, 2, 3, 6, 8), torch.rand(1), torch.zeros(1, 1, 5, dtype=torch.long))
+
+
+def test_tiny_model_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = VideoDiT(DiTShape(dim=32, depth=2, heads=2, patch_size=4, max_shots=2, max_frames=4, max_height=8,
+                              max_width=8, text_tokens=5, vocab_size=20), "dense")
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 2, 2, 3, 8, 8, generator=g).round() * 2 - 1
+    ids = torch.randint(0, 20, (4, 2, 5), generator=g)
+    t = torch.rand(4, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = flow_loss(lambda x, tt: model(x, tt, ids), x0, t, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_ode_samplers_solve_a_known_flow():
+    """For the constant field v = noise - x0 both samplers land exactly on x0."""
+    x0, noise = torch.randn(3, 4), torch.randn(3, 4)
+    for sampler in ("euler", "heun"):
+        out = integrate(lambda x, t: noise - x0, noise, steps=5, sampler=sampler)
+        assert torch.allclose(out, x0, atol=1e-5)
+    with pytest.raises(ValueError, match="sampler must be 'euler' or 'heun', got 'rk4'"):
+        integrate(lambda x, t: x, noise, steps=2, sampler="rk4")
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["data.heigth=8"], "data.heigth"),
+    (["model.dim=abc"], "model.dim"),
+    (["data.height=18"], r"data.height: 18 px is not a multiple of model.patch_size=4"),
+    (["data.shots=9"], r"data.shots: 9 > model.max_shots=8"),
+    (["task=single_shot"], r"data.shots: task=single_shot needs data.shots=1, got 2"),
+    (["model.heads=3"], r"model.heads: model.dim=64 is not divisible by model.heads=3"),
+    (["backend.name=nope"], r"backend.name: .*nope"),
+    (["backend.name=moc", "backend.params.top_k=-1"], r"backend.params: top_k must be >= 0, got -1"),
+    (["backend.name=moc", "backend.params.topk=2"], r"backend.params: .*topk"),
+    (["trainer.max_stepz=3"], r"trainer.max_stepz: not a lightning.Trainer argument"),
+    (["sample.sampler=rk4"], r"sample.sampler: must be one of"),
+])
+def test_bad_config_names_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_task_config(None, overrides)

@@ -17,6 +17,7 @@ chunk may straddle a caption, so its tokens need not be contiguous in the stream
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,89 +68,113 @@ class ChunkRule:
 class ChunkTable:
     """The chunks of one layout under one rule. All tensors are CPU int64/bool.
 
-    ``chunk_id``      (L,)    chunk of every token
+    Per chunk (computed from segment arithmetic, O(C + segments)):
+
     ``sizes``         (C,)    tokens per chunk
     ``order``         (C,)    stream position of each chunk's first token (strictly increasing)
     ``is_text``       (C,)    True for caption chunks
     ``shot_overlap``  (C, S)  tokens of chunk c that belong to shot s
+
+    Per token (built on first access, O(L)):
+
+    ``chunk_id``      (L,)    chunk of every token
     ``token_index``   (L,)    token positions sorted by chunk (stable), for gathers
     ``offsets``       (C+1,)  chunk c's tokens are ``token_index[offsets[c]:offsets[c+1]]``
+
+    Internally the stream is a list of *pieces*: maximal runs of consecutive tokens in one
+    chunk and one segment (a chunk is one piece unless it is a ``fixed:m`` chunk that straddles
+    a caption or a shot boundary).
     """
 
     rule: ChunkRule
-    chunk_id: torch.Tensor
     sizes: torch.Tensor
     order: torch.Tensor
     is_text: torch.Tensor
     shot_overlap: torch.Tensor
-    token_index: torch.Tensor
-    offsets: torch.Tensor
+    piece_chunk: torch.Tensor  # (N,) chunk of each piece, pieces in stream order
+    piece_len: torch.Tensor  # (N,)
 
     @property
     def num_chunks(self) -> int:
         return int(self.sizes.numel())
+
+    @functools.cached_property
+    def chunk_id(self) -> torch.Tensor:
+        return torch.repeat_interleave(self.piece_chunk, self.piece_len)
+
+    @functools.cached_property
+    def token_index(self) -> torch.Tensor:
+        if self.rule.content_aligned:  # chunk ids never decrease along the stream
+            return torch.arange(int(self.sizes.sum()), dtype=torch.int64)
+        return torch.argsort(self.chunk_id, stable=True)
+
+    @functools.cached_property
+    def offsets(self) -> torch.Tensor:
+        out = torch.zeros(self.num_chunks + 1, dtype=torch.int64)
+        out[1:] = torch.cumsum(self.sizes, 0)
+        return out
 
     @property
     def chunk_shot(self) -> torch.Tensor:
         """(C,) the shot of each chunk's first token (its only shot, for content-aligned rules)."""
         return (self.shot_overlap > 0).to(torch.int8).argmax(dim=1)
 
-    @property
-    def equal_sized_video(self) -> bool:
-        vid = self.sizes[~self.is_text]
-        return bool(vid.numel() == 0 or (vid == vid[0]).all())
 
-
-def _video_group_ids(seg_frames: int, tpf: int, rule: ChunkRule) -> torch.Tensor:
-    """Local chunk index of every token of one video segment (content-aligned rules)."""
-    n = seg_frames * tpf
+def _video_piece_sizes(frames: int, tpf: int, rule: ChunkRule) -> torch.Tensor:
+    """Sizes of the consecutive chunks of one video segment (content-aligned rules)."""
+    n = frames * tpf
     if rule.kind == "shot":
-        return torch.zeros(n, dtype=torch.int64)
+        return torch.tensor([n], dtype=torch.int64)
     if rule.kind == "frame":
-        return torch.arange(seg_frames, dtype=torch.int64).repeat_interleave(tpf)
-    if rule.kind == "frames":
-        return (torch.arange(seg_frames, dtype=torch.int64) // rule.n).repeat_interleave(tpf)
-    if rule.kind == "tokens":
-        return torch.arange(n, dtype=torch.int64) // rule.n
-    raise ValueError(f"not a per-segment chunking: {rule}")  # pragma: no cover
+        return torch.full((frames,), tpf, dtype=torch.int64)
+    step = rule.n * tpf if rule.kind == "frames" else rule.n
+    sizes = torch.full((-(-n // step),), step, dtype=torch.int64)
+    sizes[-1] = n - step * (sizes.numel() - 1)
+    return sizes
 
 
 def build_chunk_table(layout: "TokenLayout", rule: ChunkRule) -> ChunkTable:
-    """Cut ``layout`` by ``rule``. Vectorised: linear in L, no per-token Python loop."""
-    # Give every token a key that is unique per chunk, then number keys by first position.
-    keys: list[torch.Tensor] = []
+    """Cut ``layout`` by ``rule`` with segment arithmetic (no per-token work)."""
+    starts, lens, keys, shots, texts = [], [], [], [], []
     next_key = 0
-    video_tokens_seen = 0
-    n_segments = len(layout.segments)
-    for s in layout.segments:
-        if s.kind == "text":
-            keys.append(torch.full((s.length,), next_key, dtype=torch.int64))
+    fixed_base = len(layout.segments)  # fixed:m video chunk g gets key fixed_base + g
+    video_seen = 0
+    for seg, seg_start in zip(layout.segments, layout.segment_starts):
+        if seg.kind == "text":
+            sizes = torch.tensor([seg.length], dtype=torch.int64)
+            k = torch.tensor([next_key], dtype=torch.int64)
             next_key += 1
         elif rule.kind == "fixed":
-            # A separate key space (offset by n_segments) shared by all video segments.
-            g = (torch.arange(s.length, dtype=torch.int64) + video_tokens_seen) // rule.n
-            keys.append(g + n_segments)
-            video_tokens_seen += s.length
+            v0, v1 = video_seen, video_seen + seg.length
+            g = torch.arange(v0 // rule.n, (v1 - 1) // rule.n + 1, dtype=torch.int64)
+            lo, hi = (g * rule.n).clamp(min=v0), ((g + 1) * rule.n).clamp(max=v1)
+            sizes, k = hi - lo, fixed_base + g
+            video_seen = v1
         else:
-            g = _video_group_ids(s.frames, s.tokens_per_frame, rule)
-            keys.append(g + next_key)
-            next_key += int(g[-1]) + 1
-    key = torch.cat(keys)
-    uniq, inverse = torch.unique(key, return_inverse=True)
+            sizes = _video_piece_sizes(seg.frames, seg.tokens_per_frame, rule)
+            k = next_key + torch.arange(sizes.numel(), dtype=torch.int64)
+            next_key += sizes.numel()
+        offs = torch.zeros_like(sizes)
+        offs[1:] = torch.cumsum(sizes, 0)[:-1]
+        starts.append(seg_start + offs)
+        lens.append(sizes)
+        keys.append(k)
+        shots.append(torch.full_like(sizes, seg.shot))
+        texts.append(torch.full(sizes.shape, seg.kind == "text", dtype=torch.bool))
+    start, length, key = torch.cat(starts), torch.cat(lens), torch.cat(keys)
+    shot, text = torch.cat(shots), torch.cat(texts)
+
+    uniq, piece_key = torch.unique(key, return_inverse=True)
     n_chunks = uniq.numel()
-    L = key.numel()
-    pos = torch.arange(L, dtype=torch.int64)
-    first = torch.full((n_chunks,), L, dtype=torch.int64).scatter_reduce(0, inverse, pos, reduce="amin")
-    perm = torch.argsort(first)  # chunk rank by first position
+    first = torch.full((n_chunks,), int(start.max()) + 1, dtype=torch.int64)
+    first = first.scatter_reduce(0, piece_key, start, reduce="amin")
+    perm = torch.argsort(first)  # chunks numbered by first-token position
     rank = torch.empty_like(perm)
     rank[perm] = torch.arange(n_chunks, dtype=torch.int64)
-    chunk_id = rank[inverse]
-    order = first[perm]
-    sizes = torch.bincount(chunk_id, minlength=n_chunks)
-    is_text = layout.modality[order] == 0
+    piece_chunk = rank[piece_key]
+    sizes = torch.zeros(n_chunks, dtype=torch.int64).index_add_(0, piece_chunk, length)
+    is_text = torch.zeros(n_chunks, dtype=torch.bool)
+    is_text[piece_chunk] = text
     S = layout.num_shots
-    shot_overlap = torch.bincount(chunk_id * S + layout.shot_id, minlength=n_chunks * S).view(n_chunks, S)
-    token_index = torch.argsort(chunk_id, stable=True)
-    offsets = torch.zeros(n_chunks + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(sizes, 0)
-    return ChunkTable(rule, chunk_id, sizes, order, is_text, shot_overlap, token_index, offsets)
+    shot_overlap = torch.zeros(n_chunks * S, dtype=torch.int64).index_add_(0, piece_chunk * S + shot, length)
+    return ChunkTable(rule, sizes, first[perm], is_text, shot_overlap.view(n_chunks, S), piece_chunk, length)

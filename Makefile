@@ -21,8 +21,9 @@ demo: $(STAMP)
 	$(VENV)/bin/mocbench backends
 	$(VENV)/bin/mocbench plan configs/plan/paper_singleshot.yaml
 	$(VENV)/bin/mocbench plan configs/plan/paper_multishot.yaml
-	$(VENV)/bin/mocbench bench configs/bench/cpu_quick.yaml
-	$(VENV)/bin/mocbench report results/cpu_quick/results.csv
+	@# measured afresh into runs/ (git-ignored); results/cpu_quick/ holds the committed run
+	$(VENV)/bin/mocbench bench configs/bench/cpu_quick.yaml --out runs/demo/results.csv
+	$(VENV)/bin/mocbench report runs/demo/results.csv --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mocbench.tasks.shapeshots import (ENTITY_COLOURS, SCENE_COLOURS, SHAPES, ShapeShotsConfig, entity_sprite, generate,
-                                       sprite_size)
+from mocbench.tasks.shapeshots import (
+    ENTITY_COLOURS,
+    SCENE_COLOURS,
+    SHAPES,
+    ShapeShotsConfig,
+    entity_sprite,
+    generate,
+    sprite_size,
+)
 
 TINY = ShapeShotsConfig(height=16, width=16, frames=4, shots=2)
 STORY = ShapeShotsConfig(height=24, width=24, frames=4, shots=6, num_entities=3, num_scenes=2)
@@ -28,7 +35,7 @@ def _one_thread():
 def test_same_seed_same_story_different_seed_different_story():
     a, sa = generate(7, TINY)
     b, sb = generate(7, TINY)
-    c, sc = generate(8, TINY)
+    c, _sc = generate(8, TINY)
     assert a.dtype == np.float32 and a.shape == (2, 4, 3, 16, 16) and 0 <= a.min() and a.max() <= 1
     assert np.array_equal(a, b) and sa.metadata() == sb.metadata()
     assert not np.array_equal(a, c)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mocbench.config import ConfigError, load_config
+from mocbench.tasks.shapeshots import PATTERNS, SHAPES, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
 SAMPLERS = ("euler", "heun")
@@ -37,6 +38,9 @@ class DataConfig:
     num_scenes: int = 2
     max_entities_per_shot: int = 2
     pan_prob: float = 0.3
+    shapes: List[str] = field(default_factory=lambda: list(SHAPES))
+    textures: List[str] = field(default_factory=lambda: list(TEXTURES))
+    patterns: List[str] = field(default_factory=lambda: list(PATTERNS))
     train_size: int = 1024
     val_size: int = 32
     batch_size: int = 16
@@ -59,6 +63,7 @@ class ModelConfig:
     text_layers: int = 2
     max_shots: int = 8
     max_frames: int = 16
+    prediction: str = "x"  # network output: "x" (clean video, turned into a velocity) or "v" (velocity)
 
 
 @dataclass
@@ -79,6 +84,8 @@ class OptimConfig:
     ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999 keeps an EMA copy used for sampling
     caption_dropout: float = 0.1  # probability a sample's captions become <null> (for CFG)
     timestep_sampling: str = "logit_normal"
+    timestep_mean: float = 0.8  # logit-normal mean (t=1 is noise; > 0 favours noisier times)
+    timestep_std: float = 0.8
 
 
 @dataclass
@@ -155,6 +162,10 @@ def check_task_config(cfg: TaskConfig) -> None:
         bad("task", f"must be one of {TASKS}, got {cfg.task!r}")
     if d.source not in ("shapeshots", "folder"):
         bad("data.source", f"must be 'shapeshots' or 'folder', got {d.source!r}")
+    for key, chosen, allowed in (("data.shapes", d.shapes, SHAPES), ("data.textures", d.textures, TEXTURES),
+                                 ("data.patterns", d.patterns, PATTERNS)):
+        if not chosen or set(chosen) - set(allowed):
+            bad(key, f"must be a non-empty subset of {list(allowed)}, got {list(chosen)}")
     if d.source == "folder" and not d.root:
         bad("data.root", "data.source=folder needs data.root=<folder with the JSONL index and mp4 files>")
     if cfg.task == "single_shot" and d.shots != 1:
@@ -180,6 +191,8 @@ def check_task_config(cfg: TaskConfig) -> None:
         bad("data.frames", f"{d.frames} > model.max_frames={m.max_frames}")
     if d.shots > m.max_shots:
         bad("data.shots", f"{d.shots} > model.max_shots={m.max_shots}")
+    if m.prediction not in ("x", "v"):
+        bad("model.prediction", f"must be 'x' or 'v', got {m.prediction!r}")
     if cfg.sample.sampler not in SAMPLERS:
         bad("sample.sampler", f"must be one of {SAMPLERS}, got {cfg.sample.sampler!r}")
     if cfg.optim.timestep_sampling not in TIMESTEP_SAMPLING:

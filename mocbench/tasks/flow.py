@@ -8,20 +8,34 @@ unconditional (``<null>`` caption) velocities: ``v_u + w (v_c - v_u)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t_b) -> v
+T_MIN = 0.05  # x-prediction divides by t; clamp it near the data end (as JiT does)
+
+
+def velocity_from_output(out: torch.Tensor, x_t: torch.Tensor, t_b: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The velocity implied by the network output: ``v`` itself, or ``(x_t - x0_hat) / t`` for
+    ``x``-prediction. Predicting the clean video (Li & He, "Back to Basics", 2025) works far better
+    than predicting v or noise when a pixel patch has about as many values as the model is wide."""
+    if prediction == "v":
+        return out
+    if prediction == "x":
+        t = t_b.view(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype).clamp(min=T_MIN)
+        return (x_t - out) / t
+    raise ValueError(f"prediction must be 'x' or 'v', got {prediction!r}")
 
 
 def sample_timesteps(batch: int, kind: str, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(B,)`` training times: ``logit_normal`` (SD3; favours mid-range t) or ``uniform``."""
+                     device: torch.device | str = "cpu", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """``(B,)`` training times: ``logit_normal`` (``sigmoid(N(mean, std))``, SD3; ``mean > 0`` favours
+    noisier times, as JiT does for pixel-space models) or ``uniform``."""
     if kind == "uniform":
         return torch.rand(batch, generator=generator).to(device)
     if kind == "logit_normal":
-        return torch.sigmoid(torch.randn(batch, generator=generator)).to(device)
+        return torch.sigmoid(mean + std * torch.randn(batch, generator=generator)).to(device)
     raise ValueError(f"timestep sampling must be 'logit_normal' or 'uniform', got {kind!r}")
 
 

@@ -102,7 +102,7 @@ class FolderDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.rows = read_index(self.root, index, shots)
         self.tokenizer = Tokenizer.from_texts(c for r in self.rows for c in r["captions"])
-        self.kw = dict(frames=frames, height=height, width=width, text_tokens=text_tokens)
+        self.kw = {"frames": frames, "height": height, "width": width, "text_tokens": text_tokens}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         n_val = min(len(self.rows) - 1, max(1, round(val_fraction * len(self.rows)))) if len(self.rows) > 1 else 0
         self.train_rows, self.val_rows = self.rows[n_val:], self.rows[:n_val] or self.rows[:1]

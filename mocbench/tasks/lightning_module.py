@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from mocbench.tasks.config import TaskConfig, load_task_config, to_dict
-from mocbench.tasks.flow import flow_loss, guided, integrate, sample_timesteps
+from mocbench.tasks.flow import flow_loss, guided, integrate, sample_timesteps, velocity_from_output
 from mocbench.tasks.model import DiTShape, VideoDiT
 from mocbench.tasks.text import Tokenizer
 
@@ -57,6 +57,10 @@ class VideoTask(L.LightningModule):
             if m is not None:
                 m.set_backend(name, params)
 
+    def velocity(self, model: VideoDiT, x_t: torch.Tensor, t_b: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The flow velocity at ``x_t`` (whatever the network predicts, see ``model.prediction``)."""
+        return velocity_from_output(model(x_t, t_b, text), x_t, t_b, self.cfg.model.prediction)
+
     @property
     def sampling_model(self) -> VideoDiT:
         return self.ema if self.ema is not None else self.model
@@ -78,9 +82,10 @@ class VideoTask(L.LightningModule):
         drop = torch.rand(B, generator=g) < self.cfg.optim.caption_dropout
         if drop.any() and self.training:
             text = torch.where(drop.to(text.device)[:, None, None], self.tokenizer.null_like(text), text)
-        t = sample_timesteps(B, self.cfg.optim.timestep_sampling, g, x0.device)
+        o = self.cfg.optim
+        t = sample_timesteps(B, o.timestep_sampling, g, x0.device, o.timestep_mean, o.timestep_std)
         noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-        return flow_loss(lambda x, tt: self.model(x, tt, text), x0, t, noise)
+        return flow_loss(lambda x, tt: self.velocity(self.model, x, tt, text), x0, t, noise)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         g = torch.Generator().manual_seed(1234 + batch_idx)  # same noise every validation
@@ -122,7 +127,8 @@ class VideoTask(L.LightningModule):
                              for b in range(B)]).to(self.device)
         text_bst = text_bst.to(self.device)
         null = self.tokenizer.null_like(text_bst)
-        v = guided(lambda x, t: model(x, t, text_bst).float(), lambda x, t: model(x, t, null).float(), guidance)
+        v = guided(lambda x, t: self.velocity(model, x, t, text_bst).float(),
+                   lambda x, t: self.velocity(model, x, t, null).float(), guidance)
         out = integrate(v, noise, steps, sampler)
         model.train(was_training)
         return out.clamp(-1, 1)

@@ -26,7 +26,7 @@ def write_mp4(path: str | Path, video: torch.Tensor, fps: int = 4, scale: int = 
     import imageio.v2 as imageio
 
     frames = to_uint8(video, scale)
-    S, F, H, W, _ = frames.shape
+    S, _F, H, W, _ = frames.shape
     pad_h, pad_w = (-H) % 16, (-W) % 16  # codecs want multiples of 16
     seq = []
     for s in range(S):
@@ -43,7 +43,7 @@ def contact_sheet(videos: list[torch.Tensor], scale: int = 4, gap: int = 2) -> n
     """uint8 ``(rows, cols, 3)``: one row per shot, its frames left to right; several videos
     (e.g. ground truth and sample) are placed side by side, separated by a white bar."""
     parts = [to_uint8(v, scale) for v in videos]
-    S, F, H, W, _ = parts[0].shape
+    S, F, H, _W, _ = parts[0].shape
     rows = []
     for s in range(S):
         row = []

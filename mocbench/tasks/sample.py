@@ -15,8 +15,8 @@ import torch
 
 from mocbench.config import ConfigError
 from mocbench.tasks.lightning_module import VideoTask, load_task
-from mocbench.tasks.train import torch_threads
 from mocbench.tasks.media import contact_sheet, stack_sheets, write_mp4, write_png
+from mocbench.tasks.train import torch_threads
 
 SAMPLE_TIME_KEYS = ("backend.", "sample.")
 

@@ -47,8 +47,17 @@ class ShapeShotsConfig:
     num_scenes: int = 2
     max_entities_per_shot: int = 2
     pan_prob: float = 0.3
+    # appearance vocabularies a story draws from (subsets make an easier task, e.g. for a CPU quickstart)
+    shapes: tuple[str, ...] = SHAPES
+    textures: tuple[str, ...] = TEXTURES
+    patterns: tuple[str, ...] = PATTERNS
 
     def __post_init__(self) -> None:
+        for name, allowed in (("shapes", SHAPES), ("textures", TEXTURES), ("patterns", PATTERNS)):
+            chosen = tuple(getattr(self, name))
+            object.__setattr__(self, name, chosen)
+            if not chosen or set(chosen) - set(allowed):
+                raise ValueError(f"{name} must be a non-empty subset of {list(allowed)}, got {list(chosen)}")
         for name in ("height", "width"):
             if getattr(self, name) < 8:
                 raise ValueError(f"{name} must be >= 8 px, got {getattr(self, name)}")
@@ -179,7 +188,7 @@ def _trajectory(rng: np.random.Generator, motion: str, cfg: ShapeShotsConfig, s:
         vel = np.array([dy, dx]) * speed
     out = []
     for _ in range(F):
-        out.append([int(round(pos[0])), int(round(pos[1]))])
+        out.append([round(pos[0]), round(pos[1])])
         pos = pos + vel
         if motion == "bounces":  # reflect at the walls
             for a, span in ((0, span_y), (1, span_x)):
@@ -203,10 +212,10 @@ def make_story(seed: int, cfg: ShapeShotsConfig) -> Story:
     """The story of ``seed``: cast, scenes and shot plan (no pixels yet)."""
     rng = np.random.default_rng(seed)
     colours = rng.permutation(list(ENTITY_COLOURS))  # distinct colours within a story
-    cast = [Entity(i, str(rng.choice(SHAPES)), str(colours[i % len(colours)]), str(rng.choice(SIZES)),
-                   str(rng.choice(TEXTURES))) for i in range(cfg.num_entities)]
+    cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i % len(colours)]), str(rng.choice(SIZES)),
+                   str(rng.choice(cfg.textures))) for i in range(cfg.num_entities)]
     bgs = rng.permutation(list(SCENE_COLOURS))
-    scenes = [Scene(i, str(bgs[i % len(bgs)]), str(rng.choice(PATTERNS)), str(bgs[(i + 1) % len(bgs)]))
+    scenes = [Scene(i, str(bgs[i % len(bgs)]), str(rng.choice(cfg.patterns)), str(bgs[(i + 1) % len(bgs)]))
               for i in range(cfg.num_scenes)]
     shots = []
     for s in range(cfg.shots):

@@ -7,7 +7,7 @@ Tensor legend: ``B`` batch, ``S`` shots, ``T`` caption tokens per shot, ``C`` mo
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ class Tokenizer:
         self.index = {w: i for i, w in enumerate(self.words)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "Tokenizer":
+    def from_texts(cls, texts: Iterable[str]) -> Tokenizer:
         """A tokenizer whose vocabulary is every word of ``texts`` (sorted, so order-independent)."""
         return cls(sorted({w for t in texts for w in split_words(t)}))
 

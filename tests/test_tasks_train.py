@@ -118,3 +118,20 @@ def test_cli_train_sample_and_bad_key(dense_run, tmp_path, capsys):
     assert "model.dimm" in capsys.readouterr().out
     assert main(["train", "configs/task/quickstart_multishot.yaml", "data.height=18"]) == 2
     assert "data.height: 18 px is not a multiple of model.patch_size=4" in capsys.readouterr().out
+
+
+def test_train_and_sample_on_a_folder_of_mp4_clips(tmp_path):
+    """data.source=folder: your own mp4 + JSONL clips train and sample like ShapeShots."""
+    from test_tasks_data import _write_clip
+
+    rows = []
+    for i, colours in enumerate([[(230, 20, 20), (20, 20, 230)], [(20, 230, 20), (230, 230, 20)]]):
+        _write_clip(tmp_path / f"c{i}.mp4", colours, frames_each=4, size=16)
+        rows.append({"video": f"c{i}.mp4", "captions": [f"room {i} first", f"room {i} second"], "shots": [[0, 4], [4, 8]]})
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = tiny_cfg(tmp_path / "run", "data.source=folder", f"data.root={tmp_path}", "data.batch_size=1",
+                   "trainer.max_steps=2")
+    trainer, task, ckpt = train(cfg)
+    assert trainer.global_step == 2 and "room" in task.tokenizer.words
+    videos, files = sample_checkpoint(str(ckpt), tmp_path / "s", num=1, seed=0)
+    assert videos.shape == (1, 2, 2, 3, 8, 8) and (tmp_path / "s" / "metadata.json").is_file()

@@ -69,6 +69,7 @@ def test_sampling_is_deterministic_and_writes_mp4_png_json(dense_run, tmp_path):
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert meta["backend"] == "dense" and len(meta["samples"]) == 2 and meta["samples"][0]["captions"][0].startswith("shot 0")
     assert "cast" in meta["samples"][0]["ground_truth"]
+    assert meta["consistency"]["ground_truth"]["same_scene_l1"]["pairs"] + meta["consistency"]["ground_truth"]["diff_scene_l1"]["pairs"] == 2
     heun, _ = sample_checkpoint(str(ckpt), tmp_path / "h", num=1, seed=3, sampler="heun", guidance=2.0,
                                 write_files=False)
     assert torch.isfinite(heun).all()

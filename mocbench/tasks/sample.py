@@ -95,6 +95,15 @@ def _sample(task: VideoTask, checkpoint, out, num, seed, steps, sampler, guidanc
             "seed": seed, "num": num, "ema": task.ema is not None,
             "layout": task.model.layout_for(d.shots, d.frames, d.height, d.width, d.text_tokens).describe(),
             "sheet": "one row per shot; left: ground-truth frames, right: generated frames", "samples": meta}
+    if task.cfg.data.source == "shapeshots":
+        from mocbench.tasks.consistency import summarize
+
+        metas = ref["meta"][:num]
+        info["consistency"] = {"generated": summarize(list(videos), metas),
+                               "ground_truth": summarize(list(ref["video"][:num]), metas),
+                               "about": "mocbench.tasks.consistency: scene-colour histogram L1 between shots "
+                                        "(same vs different scene id) and dominant entity colour match "
+                                        "(same vs different single entity)"}
     meta_path = out / "metadata.json"
     meta_path.write_text(json.dumps(info, indent=2))
     written.append(meta_path)

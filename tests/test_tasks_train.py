@@ -134,5 +134,5 @@ def test_train_and_sample_on_a_folder_of_mp4_clips(tmp_path):
                    "trainer.max_steps=2")
     trainer, task, ckpt = train(cfg)
     assert trainer.global_step == 2 and "room" in task.tokenizer.words
-    videos, files = sample_checkpoint(str(ckpt), tmp_path / "s", num=1, seed=0)
+    videos, _ = sample_checkpoint(str(ckpt), tmp_path / "s", num=1, seed=0)
     assert videos.shape == (1, 2, 2, 3, 8, 8) and (tmp_path / "s" / "metadata.json").is_file()

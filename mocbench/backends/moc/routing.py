@@ -12,7 +12,8 @@ Anchored chunks never consume the top-k budget. Routing runs without gradients; 
 still get gradients through the attention itself.
 
 Legend: B batch, H heads, L tokens, C chunks, D head_dim, K routed slots per query.
-``selected`` is ``(B, H, L, K)`` int64 chunk indices, ``-1`` for an empty slot.
+``selected`` is ``(B, H, L, K)`` int64 chunk indices, ``-1`` for an empty slot; ``K`` is
+``top_k`` capped at the largest number of candidates any query has (plus drop-in slots).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def route(
     B, H, L, _ = q_bhld.shape
     device = q_bhld.device
     C = structure.num_chunks
-    k_eff = min(top_k, C)
+    k_eff = min(top_k, int(structure.candidate.sum(1).max()) if C else 0)  # no query has more candidates
     if k_eff == 0 and not (p_drop_in > 0 and n_drop_in > 0):
         return torch.empty(B, H, L, 0, dtype=torch.int64, device=device)
     token_class = structure.token_class.to(device)
@@ -60,9 +61,9 @@ def route(
     if k_eff > 0:
         phi = chunk_descriptors(k_bhld, structure)
         scores = q_bhld.to(phi.dtype) @ phi.transpose(-1, -2)  # (B, H, L, C)
-        scores = scores.masked_fill(~cand_lc, float("-inf"))
+        scores.masked_fill_(~cand_lc, float("-inf"))
         top_val, top_idx = scores.topk(k_eff, dim=-1)
-        selected = torch.where(torch.isfinite(top_val), top_idx, -1)
+        selected = top_idx.masked_fill_(top_val == float("-inf"), -1)
 
     if p_drop_in > 0 and n_drop_in > 0:
         # Context drop-in: some queries get extra random candidates they did not pick.

@@ -1,0 +1,54 @@
+"""Held-out flow-matching loss of a checkpoint with a given attention backend (deterministic).
+
+The validation split of the checkpoint's own data (ShapeShots seeds disjoint from training, or the
+held-out clips of a folder source) is scored at fixed timesteps with fixed noise: noise for video
+``i`` comes from a CPU generator seeded with ``noise_seed + i``, and every video is scored at every
+timestep in ``TIMESTEPS``. Same checkpoint + backend -> the same number, so backends are compared
+on identical inputs; the sampling (EMA) weights are used, as for the samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # t = 1 is pure noise
+
+
+@torch.no_grad()
+def validation_loss(checkpoint: str | Path, backend: str, backend_params: dict | None = None, *,
+                    num: int | None = None, noise_seed: int = 1234, batch_size: int = 8,
+                    timesteps: tuple[float, ...] = TIMESTEPS) -> dict[str, float]:
+    """``{"val_loss": mean, "val_loss_t0.1": ..., ...}`` over the held-out set at ``timesteps``."""
+    from mocbench.tasks.flow import flow_loss
+    from mocbench.tasks.lightning_module import load_task
+    from mocbench.tasks.train import build_datamodule, torch_threads
+
+    if not Path(checkpoint).is_file():
+        raise ValueError(f"val_loss: checkpoint {str(checkpoint)!r} does not exist")
+    overrides = [f"backend.name={backend}"] + [f"backend.params.{k}={v}" for k, v in (backend_params or {}).items()]
+    task = load_task(str(checkpoint), overrides)  # the same overrides `mocbench sample` applied
+    with torch_threads(task.cfg.threads):
+        task.eval()
+        dm = build_datamodule(task.cfg)
+        dm.setup()
+        items = [dm.val_set[i] for i in range(min(num or len(dm.val_set), len(dm.val_set)))]
+        if not items:
+            raise ValueError("val_loss: the checkpoint's data config has an empty validation split (data.val_size)")
+        model = task.sampling_model
+        per_t = {t: 0.0 for t in timesteps}
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            x0 = torch.stack([it["video"] for it in chunk])
+            text = torch.stack([task.tokenizer.encode_shots(it["captions"], task.cfg.data.text_tokens) for it in chunk])
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(noise_seed + start + j))
+                                 for j in range(len(chunk))])
+            for t in timesteps:
+                t_b = torch.full((len(chunk),), t)
+                loss = flow_loss(lambda x, tt, text=text: task.velocity(model, x, tt, text), x0, t_b, noise)
+                per_t[t] += float(loss) * len(chunk)
+    out = {f"val_loss_t{t:g}": v / len(items) for t, v in per_t.items()}
+    out["val_loss"] = sum(out.values()) / len(out)
+    out["val_videos"] = len(items)
+    return out

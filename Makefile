@@ -30,3 +30,18 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# The real VBench in its own virtualenv (vbench 0.1.5 pins numpy<2, transformers==4.33.2, ...), used by
+# `mocbench eval --evaluators vbench` through a subprocess. torch is installed first and pinned by a
+# constraints file, so torchvision/timm cannot pull a multi-GB CUDA torch. About 2-4 min, ~1.5 GB.
+# Weights are not downloaded: put them under $VBENCH_CACHE_DIR (see mocbench/eval/vbench_real.py).
+VBENCH_VENV ?= .venv-vbench
+.PHONY: vbench-env
+vbench-env: $(VBENCH_VENV)/.vbench-installed
+
+$(VBENCH_VENV)/.vbench-installed:
+	$(PYTHON) -m venv $(VBENCH_VENV)
+	echo "$(TORCH_SPEC)" > $(VBENCH_VENV)/constraints.txt
+	$(VBENCH_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(VBENCH_VENV)/bin/python -m pip install -q -c $(VBENCH_VENV)/constraints.txt vbench==0.1.5 decord==0.6.0
+	touch $@

@@ -135,6 +135,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.table:  # paper-style quality table from `mocbench eval` rows
+        from mocbench.eval.paper_table import write_paper_table
+
+        written = write_paper_table(args.stores, args.table, args.out, reference=args.reference)
+        print(written[0].read_text())
+        console.print("wrote " + ", ".join(map(str, written)), highlight=False)
+        return 0
     from mocbench.bench.report import write_report
 
     written = write_report(args.stores, args.out, reference=args.reference, figures=not args.no_figures)
@@ -186,11 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the first store's directory)")
     p.add_argument("--reference", default="dense", help="backend label speed-ups are relative to (default dense)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--table", choices=("paper1", "paper2"),
+                   help="paper-style quality table from `mocbench eval` rows (single-/multi-shot) instead")
     p.set_defaults(func=cmd_report)
 
     from mocbench.tasks.cli import add_subcommands as add_task_subcommands  # train, sample
 
     add_task_subcommands(sub)
+    from mocbench.eval.cli import add_subcommands as add_eval_subcommands  # eval, paper
+
+    add_eval_subcommands(sub)
     return parser
 
 

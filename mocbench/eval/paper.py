@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from mocbench.config import ConfigError, load_config
 
@@ -27,30 +27,30 @@ from mocbench.config import ConfigError, load_config
 @dataclass
 class ScaleConfig:
     task_config: str = "configs/task/quickstart_multishot.yaml"
-    task_overrides: List[str] = field(default_factory=list)
-    checkpoint: Optional[str] = None  # use these weights instead of training
+    task_overrides: list[str] = field(default_factory=list)
+    checkpoint: str | None = None  # use these weights instead of training
     out_dir: str = "runs/paper"
-    results_dir: Optional[str] = None  # committed outputs (tables, store copy, contact sheet)
+    results_dir: str | None = None  # committed outputs (tables, store copy, contact sheet)
     num: int = 8  # videos per backend
     seed: int = 0  # captions and noise (sample i uses noise seed seed + i)
-    steps: Optional[int] = None  # ODE steps (default: the checkpoint's sample.steps)
-    val_num: Optional[int] = None  # held-out videos for val_loss (default: data.val_size)
+    steps: int | None = None  # ODE steps (default: the checkpoint's sample.steps)
+    val_num: int | None = None  # held-out videos for val_loss (default: data.val_size)
     sheet_samples: int = 2  # samples in the side-by-side contact sheet
 
 
 @dataclass
 class BackendEntry:
     name: str = "dense"
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class VBenchEntry:
-    python: Optional[str] = None
-    cache_dir: Optional[str] = None
-    torch_home: Optional[str] = None
+    python: str | None = None
+    cache_dir: str | None = None
+    torch_home: str | None = None
     device: str = "cpu"
-    dimensions: List[str] = field(default_factory=lambda: ["subject_consistency", "background_consistency",
+    dimensions: list[str] = field(default_factory=lambda: ["subject_consistency", "background_consistency",
                                                            "motion_smoothness", "dynamic_degree", "aesthetic_quality",
                                                            "imaging_quality", "temporal_flickering"])
 
@@ -60,9 +60,9 @@ class PaperConfig:
     name: str = "paper"
     table: str = "paper2"
     scale: str = "cpu"
-    scales: Dict[str, ScaleConfig] = field(default_factory=dict)
-    backends: List[BackendEntry] = field(default_factory=list)
-    evaluators: List[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost",
+    scales: dict[str, ScaleConfig] = field(default_factory=dict)
+    backends: list[BackendEntry] = field(default_factory=list)
+    evaluators: list[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost",
                                                            "vbench"])
     vbench: VBenchEntry = field(default_factory=VBenchEntry)
 

@@ -192,7 +192,7 @@ def to_markdown(table: dict) -> str:
 
 def to_latex(table: dict) -> str:
     cells = _cells(table, "\x00{}\x01")
-    esc = lambda s: latex_escape(str(s)).replace("\x00", r"\textbf{").replace("\x01", "}").replace(  # noqa: E731
+    esc = lambda s: latex_escape(str(s)).replace("\x00", r"\textbf{").replace("\x01", "}").replace(
         DAGGER, r"$^\dagger$")
     lines = [r"\begin{table*}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
              rf"\begin{{tabular}}{{l{'r' * (len(cells.columns) - 1)}}}", r"\toprule",

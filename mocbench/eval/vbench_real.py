@@ -71,13 +71,15 @@ class VBenchSettings:
 
 
 def missing_weights(dimension: str, s: VBenchSettings) -> list[str]:
-    """Paths of the files ``dimension`` needs that are not there."""
+    """The files ``dimension`` needs that are not there, as ``$VBENCH_CACHE_DIR/...`` / ``$TORCH_HOME/...``."""
     out = []
     for rel in WEIGHTS[dimension]:
-        path = (Path(s.torch_home) / "hub" / "checkpoints" / rel.split(":", 1)[1] if rel.startswith("torch_hub:")
-                else Path(s.cache_dir) / rel)
-        if not path.is_file():
-            out.append(str(path))
+        if rel.startswith("torch_hub:"):
+            name = "hub/checkpoints/" + rel.split(":", 1)[1]
+            if not (Path(s.torch_home) / name).is_file():
+                out.append(f"$TORCH_HOME/{name} (TORCH_HOME={s.torch_home})")
+        elif not (Path(s.cache_dir) / rel).is_file():
+            out.append(f"$VBENCH_CACHE_DIR/{rel} (VBENCH_CACHE_DIR={s.cache_dir})")
     return out
 
 
@@ -117,7 +119,7 @@ def run_vbench(samples: SampleSet, work_dir: str | Path, settings: VBenchSetting
         if problem:
             results[dim] = {"status": "skipped", "reason": problem}
         elif missing:
-            results[dim] = {"status": "skipped", "reason": f"missing VBench weights: {', '.join(missing)}"}
+            results[dim] = {"status": "skipped", "reason": "missing VBench weights: " + ", ".join(missing)}
         else:
             runnable.append(dim)
     if not runnable:

@@ -66,8 +66,9 @@ class VideoTask(L.LightningModule):
         return self.ema if self.ema is not None else self.model
 
     # ------------------------------------------------------------------ training
-    def _noise_like(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.randn(x.shape, generator=self._gen).to(x.device, x.dtype)
+    def on_fit_start(self) -> None:
+        # each DDP rank draws its own timesteps / noise / caption dropout
+        self._gen.manual_seed(self.cfg.seed + 1_000_003 * self.global_rank)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

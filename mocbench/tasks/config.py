@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mocbench.config import ConfigError, load_config
-from mocbench.tasks.shapeshots import PATTERNS, SHAPES, TEXTURES
+from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
 SAMPLERS = ("euler", "heun")
@@ -41,6 +41,7 @@ class DataConfig:
     shapes: List[str] = field(default_factory=lambda: list(SHAPES))
     textures: List[str] = field(default_factory=lambda: list(TEXTURES))
     patterns: List[str] = field(default_factory=lambda: list(PATTERNS))
+    sizes: List[str] = field(default_factory=lambda: list(SIZES))
     train_size: int = 1024
     val_size: int = 32
     batch_size: int = 16
@@ -163,7 +164,7 @@ def check_task_config(cfg: TaskConfig) -> None:
     if d.source not in ("shapeshots", "folder"):
         bad("data.source", f"must be 'shapeshots' or 'folder', got {d.source!r}")
     for key, chosen, allowed in (("data.shapes", d.shapes, SHAPES), ("data.textures", d.textures, TEXTURES),
-                                 ("data.patterns", d.patterns, PATTERNS)):
+                                 ("data.patterns", d.patterns, PATTERNS), ("data.sizes", d.sizes, SIZES)):
         if not chosen or set(chosen) - set(allowed):
             bad(key, f"must be a non-empty subset of {list(allowed)}, got {list(chosen)}")
     if d.source == "folder" and not d.root:

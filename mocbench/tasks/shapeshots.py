@@ -51,9 +51,10 @@ class ShapeShotsConfig:
     shapes: tuple[str, ...] = SHAPES
     textures: tuple[str, ...] = TEXTURES
     patterns: tuple[str, ...] = PATTERNS
+    sizes: tuple[str, ...] = SIZES
 
     def __post_init__(self) -> None:
-        for name, allowed in (("shapes", SHAPES), ("textures", TEXTURES), ("patterns", PATTERNS)):
+        for name, allowed in (("shapes", SHAPES), ("textures", TEXTURES), ("patterns", PATTERNS), ("sizes", SIZES)):
             chosen = tuple(getattr(self, name))
             object.__setattr__(self, name, chosen)
             if not chosen or set(chosen) - set(allowed):
@@ -212,7 +213,7 @@ def make_story(seed: int, cfg: ShapeShotsConfig) -> Story:
     """The story of ``seed``: cast, scenes and shot plan (no pixels yet)."""
     rng = np.random.default_rng(seed)
     colours = rng.permutation(list(ENTITY_COLOURS))  # distinct colours within a story
-    cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i % len(colours)]), str(rng.choice(SIZES)),
+    cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i % len(colours)]), str(rng.choice(cfg.sizes)),
                    str(rng.choice(cfg.textures))) for i in range(cfg.num_entities)]
     bgs = rng.permutation(list(SCENE_COLOURS))
     scenes = [Scene(i, str(bgs[i % len(bgs)]), str(rng.choice(cfg.patterns)), str(bgs[(i + 1) % len(bgs)]))

@@ -25,7 +25,8 @@ def shapes_config(cfg: TaskConfig) -> ShapeShotsConfig:
     return ShapeShotsConfig(height=d.height, width=d.width, frames=d.frames, shots=d.shots,
                             num_entities=d.num_entities, num_scenes=d.num_scenes,
                             max_entities_per_shot=d.max_entities_per_shot, pan_prob=d.pan_prob,
-                            shapes=tuple(d.shapes), textures=tuple(d.textures), patterns=tuple(d.patterns))
+                            shapes=tuple(d.shapes), textures=tuple(d.textures), patterns=tuple(d.patterns),
+                            sizes=tuple(d.sizes))
 
 
 def build_datamodule(cfg: TaskConfig) -> L.LightningDataModule:

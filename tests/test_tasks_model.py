@@ -156,3 +156,14 @@ def test_ode_samplers_solve_a_known_flow():
 def test_bad_config_names_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_task_config(None, overrides)
+
+
+def test_frames_not_a_multiple_of_the_temporal_patch_are_padded():
+    shape = DiTShape(dim=32, depth=1, heads=2, patch_size=4, temporal_patch=2, max_shots=2, max_frames=4,
+                     max_height=8, max_width=8, text_tokens=5, vocab_size=20)
+    model = VideoDiT(shape, "dense")
+    spy = Spy(model.backend)
+    model.blocks[0].attn.backend = spy
+    x, t, ids = _inputs(S=2, F=3)
+    assert model(x, t, ids).shape == x.shape
+    assert spy.layouts[0].frames_per_shot == (2, 2)

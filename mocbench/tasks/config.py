@@ -186,8 +186,6 @@ def check_task_config(cfg: TaskConfig) -> None:
     for key, v in (("data.height", d.height), ("data.width", d.width)):
         if v % m.patch_size:
             bad(key, f"{v} px is not a multiple of model.patch_size={m.patch_size}; the model cannot cut it into patches")
-    if d.frames % m.temporal_patch:
-        bad("data.frames", f"{d.frames} is not a multiple of model.temporal_patch={m.temporal_patch}")
     if d.frames > m.max_frames:
         bad("data.frames", f"{d.frames} > model.max_frames={m.max_frames}")
     if d.shots > m.max_shots:

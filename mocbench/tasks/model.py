@@ -1,7 +1,7 @@
 """A small video diffusion transformer (DiT) whose every attention layer is a mocbench backend.
 
-Pixels go straight in (no VAE): a 3D patch embedding cuts each shot into ``F' = F / pt`` frames of
-``P = (H / p) * (W / p)`` patches. The token stream follows moc-spec §2, interleaved:
+Pixels go straight in (no VAE): a 3D patch embedding cuts each shot into ``F' = ceil(F / pt)`` frames
+of ``P = (H / p) * (W / p)`` patches (a last partial temporal patch repeats the shot's last frame). The token stream follows moc-spec §2, interleaved:
 ``text_0, video_0, text_1, video_1, ...``, and its :class:`~mocbench.TokenLayout` is passed to
 the backend in every block, so dense, fixed-sparse and MoC attention are interchangeable.
 Blocks are joint text+video attention with AdaLN-Zero timestep conditioning and QK-norm.
@@ -138,9 +138,8 @@ class VideoDiT(nn.Module):
             problems.append(f"channels={Cin} but the model has {s.channels}")
         if S > s.max_shots:
             problems.append(f"shots={S} > model max_shots={s.max_shots}")
-        if F_ > s.max_frames or F_ % s.temporal_patch:
-            problems.append(f"frames={F_} must be <= max_frames={s.max_frames} and a multiple of "
-                            f"temporal_patch={s.temporal_patch}")
+        if F_ > s.max_frames:
+            problems.append(f"frames={F_} > max_frames={s.max_frames}")
         for name, v, mx in (("height", H, s.max_height), ("width", W, s.max_width)):
             if v > mx or v % s.patch_size:
                 problems.append(f"{name}={v} must be <= max_{name}={mx} and a multiple of patch_size={s.patch_size}")
@@ -152,18 +151,21 @@ class VideoDiT(nn.Module):
     def layout_for(self, S: int, F_: int, H: int, W: int, T: int) -> TokenLayout:
         """The stream's layout: interleaved ``text_s, video_s`` (single-shot: one caption, one video)."""
         tpf = (H // self.shape.patch_size) * (W // self.shape.patch_size)
-        frames = F_ // self.shape.temporal_patch
+        frames = -(-F_ // self.shape.temporal_patch)  # a last partial temporal patch is padded
         if S == 1:
             return TokenLayout.single_shot(text_tokens=T, frames=frames, tokens_per_frame=tpf)
         return TokenLayout.multi_shot(text_tokens=[T] * S, frames=[frames] * S, tokens_per_frame=tpf)
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: torch.Tensor, t_b: torch.Tensor, text_bst: torch.Tensor) -> torch.Tensor:
-        B, S, F_, Cin, H, W = video.shape
+        B, S, F_in, Cin, H, W = video.shape
         T = text_bst.shape[-1]
-        self.check_input(S, F_, H, W, T, Cin)
+        self.check_input(S, F_in, H, W, T, Cin)
         sh = self.shape
         p, pt = sh.patch_size, sh.temporal_patch
+        if F_in % pt:  # repeat the last frame up to a whole temporal patch; cropped from the output
+            video = torch.cat([video, video[:, :, -1:].expand(-1, -1, pt - F_in % pt, -1, -1, -1)], dim=2)
+        F_ = video.shape[2]
         hp, wp, fp = H // p, W // p, F_ // pt
         layout = self.layout_for(S, F_, H, W, T)
 
@@ -182,7 +184,7 @@ class VideoDiT(nn.Module):
         out = self.out(modulate(self.final_norm(stream), shift, scale))
         vid = out.reshape(B, S, T + fp * hp * wp, -1)[:, :, T:]  # video tokens of each shot
         vid = vid.reshape(B, S, fp, hp, wp, pt, p, p, Cin)
-        return vid.permute(0, 1, 2, 5, 8, 3, 6, 4, 7).reshape(B, S, F_, Cin, H, W)
+        return vid.permute(0, 1, 2, 5, 8, 3, 6, 4, 7).reshape(B, S, F_, Cin, H, W)[:, :, :F_in]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

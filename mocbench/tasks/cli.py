@@ -11,6 +11,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_task_config(args.config, args.overrides)
     trainer, task, final = train(cfg)
+    if not trainer.is_global_zero:  # DDP: the other ranks only train
+        return 0
     print(f"trained {task.model.num_params():,} parameters for {trainer.global_step} steps "
           f"(backend {cfg.backend.name}); checkpoint: {final}")
     if args.sample:

@@ -135,6 +135,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.figure or args.table == "ablation":  # sweep outputs (mocbench.sweep.report)
+        from mocbench.sweep.report import cmd_report_sweep
+
+        return cmd_report_sweep(args)
     if args.table:  # paper-style quality table from `mocbench eval` rows
         from mocbench.eval.paper_table import write_paper_table
 
@@ -193,8 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the first store's directory)")
     p.add_argument("--reference", default="dense", help="backend label speed-ups are relative to (default dense)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
-    p.add_argument("--table", choices=("paper1", "paper2"),
-                   help="paper-style quality table from `mocbench eval` rows (single-/multi-shot) instead")
+    p.add_argument("--table", choices=("paper1", "paper2", "ablation"),
+                   help="paper-style quality table from `mocbench eval` rows (single-/multi-shot), or the "
+                        "ablation tables and figures of a `mocbench sweep` store, instead")
+    p.add_argument("--figure", choices=("routing",),
+                   help="routing: shot-to-shot routing heatmaps from routing.json files of `mocbench sweep`")
     p.set_defaults(func=cmd_report)
 
     from mocbench.tasks.cli import add_subcommands as add_task_subcommands  # train, sample
@@ -203,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mocbench.eval.cli import add_subcommands as add_eval_subcommands  # eval, paper
 
     add_eval_subcommands(sub)
+    from mocbench.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep
+
+    add_sweep_subcommands(sub)
     return parser
 
 

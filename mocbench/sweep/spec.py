@@ -1,0 +1,247 @@
+"""The sweep spec: a base cell config plus axes (``grid``: cartesian, ``zip``: parallel lists),
+optionally per named ablation, expanded into cells with stable keys.
+
+A cell is a :class:`CellConfig` (structured OmegaConf: unknown keys are errors naming the key).
+``backend.params.*`` and ``train.overrides.*`` (task config keys) are free-form and validated when
+the cell is built (backend params by the registry, task keys by ``load_task_config``). The key of a
+cell is a hash of its resolved config, so a cell that appears in two ablations runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mocbench.config import ConfigError, load_config
+
+STAGES = ("train", "finetune", "sample", "eval", "bench")
+
+
+@dataclass
+class BackendSpec:
+    name: str = "dense"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSpec:
+    task_config: str = "configs/task/quickstart_multishot.yaml"
+    overrides: Dict[str, Any] = field(default_factory=dict)  # task config keys (dotted), e.g. trainer.max_steps
+    backend: Optional[BackendSpec] = None  # the backend the train stage trains with (None: dense)
+    checkpoint: Optional[str] = None  # use these weights instead of a train stage
+    finetune_overrides: Dict[str, Any] = field(default_factory=dict)  # finetune stage: task keys (e.g. max_steps)
+
+
+@dataclass
+class SampleSpec:
+    num: int = 4
+    seed: int = 0
+    steps: Optional[int] = None
+    record_routing: bool = True  # MoC: per layer/head shot-to-shot routing counts (routing.json)
+
+
+@dataclass
+class EvalSpec:
+    evaluators: List[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost"])
+    reference: BackendSpec = field(default_factory=BackendSpec)  # fidelity reference, sampled from the same weights
+    val_num: Optional[int] = None
+
+
+@dataclass
+class BenchSpec:
+    """Kernel latency of the cell's backend on one workload (mocbench.bench.runner.measure_cell)."""
+
+    shots: int = 4
+    frames: int = 8
+    tokens_per_frame: int = 64
+    text_tokens: int = 16
+    heads: int = 2
+    head_dim: int = 64
+    batch: int = 1
+    dtype: str = "float32"
+    passes: List[str] = field(default_factory=lambda: ["fwd"])
+    repeats: int = 5
+    warmup: int = 1
+    max_seconds_per_cell: float = 10.0
+
+
+@dataclass
+class CellConfig:
+    stages: List[str] = field(default_factory=lambda: ["train", "sample", "eval"])
+    seed: int = 0
+    backend: BackendSpec = field(default_factory=BackendSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    sample: SampleSpec = field(default_factory=SampleSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    bench: BenchSpec = field(default_factory=BenchSpec)
+
+
+@dataclass
+class AblationSpec:
+    grid: Dict[str, Any] = field(default_factory=dict)
+    zip: Dict[str, Any] = field(default_factory=dict)
+    set: Dict[str, Any] = field(default_factory=dict)  # fixed dotted overrides of this ablation
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"
+    out_dir: Optional[str] = None  # default runs/sweep/<name>
+    results_dir: Optional[str] = None  # committed outputs (tables, figures, store copy, routing json)
+    threads: Optional[int] = None
+    base: CellConfig = field(default_factory=CellConfig)
+    grid: Dict[str, Any] = field(default_factory=dict)
+    zip: Dict[str, Any] = field(default_factory=dict)
+    ablations: Dict[str, AblationSpec] = field(default_factory=dict)
+
+    @property
+    def out_path(self) -> str:
+        return self.out_dir or f"runs/sweep/{self.name}"
+
+
+@dataclass
+class SweepCell:
+    key: str
+    config: CellConfig
+    ablations: List[str]
+    axes: Dict[str, Any]  # the axis values that made this cell (for tables)
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items()) or "base"
+
+
+def load_sweep(path: str | None, overrides: list[str] | None = None) -> SweepConfig:
+    cfg = load_config(SweepConfig, path, overrides)
+    expand(cfg)  # validates everything
+    return cfg
+
+
+def _plain(v: Any) -> Any:
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def _axis_lists(where: str, axes: dict) -> dict[str, list]:
+    out = {}
+    for key, values in axes.items():
+        values = _plain(values)
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}.{key}: an axis must be a list of values, got {values!r}")
+        if not values:
+            raise ConfigError(f"{where}.{key}: empty axis (give at least one value)")
+        out[key] = values
+    return out
+
+
+def _points(where: str, grid: dict, zip_: dict) -> list[dict]:
+    g, z = _axis_lists(f"{where}grid", grid), _axis_lists(f"{where}zip", zip_)
+    lengths = {k: len(v) for k, v in z.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"{where}zip: lists must have equal lengths, got {lengths}")
+    both = set(g) & set(z)
+    if both:
+        raise ConfigError(f"{where}: key(s) {sorted(both)} are in both grid and zip")
+    zipped = [dict(zip(z, vals)) for vals in zip(*z.values())] if z else [{}]
+    grid_pts = [dict(zip(g, vals)) for vals in itertools.product(*g.values())] if g else [{}]
+    return [{**a, **b} for a in grid_pts for b in zipped]
+
+
+def _flat(prefix: str, d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flat(key, v))
+        else:
+            out[key] = v
+    return out
+
+
+def build_cell(base: CellConfig, values: dict[str, Any]) -> CellConfig:
+    """``base`` with dotted ``values`` applied; unknown keys / wrong types raise ConfigError naming the key."""
+    try:
+        cfg = OmegaConf.structured(base)
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or next(iter(values), "")
+        raise ConfigError(f"invalid sweep key {key!r}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def check_cell(cell: CellConfig, where: str) -> None:
+    from mocbench.eval.runner import EVALUATORS
+    from mocbench.registry import get_backend
+
+    bad = [s for s in cell.stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"{where}: stages: unknown stage(s) {bad}; known: {', '.join(STAGES)}")
+    if not cell.stages:
+        raise ConfigError(f"{where}: stages: give at least one of {', '.join(STAGES)}")
+    for path, spec in (("backend", cell.backend), ("eval.reference", cell.eval.reference),
+                       ("train.backend", cell.train.backend)):
+        if spec is None:
+            continue
+        try:
+            get_backend(spec.name, **spec.params)
+        except (ValueError, TypeError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise ConfigError(f"{where}: {path}: {msg}") from None
+    bad = [e for e in cell.eval.evaluators if e not in EVALUATORS]
+    if bad:
+        raise ConfigError(f"{where}: eval.evaluators: unknown {bad}; known: {', '.join(EVALUATORS)}")
+    if any(s in cell.stages for s in ("sample", "eval", "finetune")) and not cell.train.checkpoint \
+            and "train" not in cell.stages:
+        raise ConfigError(f"{where}: stages: sample/eval/finetune need a 'train' stage or train.checkpoint")
+
+
+def _resolved_params(spec: BackendSpec | None) -> Any:
+    """A backend's params with its defaults filled in (so ``{}`` and the explicit defaults hash alike)."""
+    if spec is None:
+        return None
+    from dataclasses import is_dataclass
+
+    from mocbench.registry import get_backend
+
+    p = get_backend(spec.name, **spec.params).params
+    return {"name": spec.name, "params": asdict(p) if is_dataclass(p) else dict(spec.params)}
+
+
+def cell_key(cell: CellConfig) -> str:
+    """Hash of the resolved cell config (backend params with their defaults filled in)."""
+    d = asdict(cell)
+    d["backend"] = _resolved_params(cell.backend)
+    d["train"]["backend"] = _resolved_params(cell.train.backend)
+    d["eval"]["reference"] = _resolved_params(cell.eval.reference)
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def expand(cfg: SweepConfig) -> list[SweepCell]:
+    """Every distinct cell of the sweep, in config order (a cell shared by ablations is listed once)."""
+    groups: list[tuple[str, dict, list[dict]]] = []
+    if cfg.ablations:
+        for name, ab in cfg.ablations.items():
+            pts = _points(f"ablations.{name}.", {**cfg.grid, **ab.grid}, {**cfg.zip, **ab.zip})
+            groups.append((name, {k: _plain(v) for k, v in ab.set.items()}, pts))
+    else:
+        groups.append(("", {}, _points("", cfg.grid, cfg.zip)))
+    cells: dict[str, SweepCell] = {}
+    for name, fixed, pts in groups:
+        for pt in pts:
+            where = f"ablations.{name}" if name else "sweep"
+            cell = build_cell(cfg.base, {**_flat("", fixed), **pt})
+            check_cell(cell, f"{where} cell {pt}")
+            key = cell_key(cell)
+            if key in cells:
+                if name and name not in cells[key].ablations:
+                    cells[key].ablations.append(name)
+            else:
+                cells[key] = SweepCell(key, cell, [name] if name else [], dict(pt))
+    return list(cells.values())

@@ -1,0 +1,121 @@
+"""Sweep runner: rows per cell, resume after a simulated kill (nothing recomputed, identical table),
+stage-level resume, failing cells recorded while the sweep goes on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mocbench.bench.store import ResultStore
+from mocbench.sweep.runner import run_sweep
+from mocbench.sweep.spec import load_sweep
+
+SPEC = """
+name: t
+out_dir: {out}
+base:
+  stages: [{stages}]
+  backend: {{name: moc, params: {{top_k: 1, chunking: frame}}}}
+  bench: {{shots: 2, frames: 2, tokens_per_frame: 8, text_tokens: 4, heads: 1, head_dim: 16, repeats: 1}}
+grid: {{backend.params.top_k: [0, 1, 2], backend.params.causal: [true, false]}}
+"""
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: not an Exception, so the runner cannot record it."""
+
+
+def _cfg(tmp_path, name="out", stages="bench"):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(SPEC.format(out=tmp_path / name, stages=stages))
+    return load_sweep(str(p))
+
+
+def _fake(calls, kill_at=None, fail_key=None):
+    def fn(cell, ctx):
+        calls.append(cell.key)
+        if kill_at is not None and len(calls) == kill_at:
+            raise Killed()
+        if fail_key is not None and cell.config.backend.params["top_k"] == fail_key:
+            raise ValueError(f"boom top_k={fail_key}")
+        p = cell.config.backend.params
+        return {"bench_total_ms": 1.0 + p["top_k"] + 0.5 * p["causal"], "metric": p["top_k"] * 10}
+    return fn
+
+
+def _table(store: ResultStore) -> list[dict]:
+    drop = {"finished_at", "cell_seconds", "config_name"}
+    rows = ResultStore(store.path).rows.values()  # as written to disk
+    return sorted(({k: v for k, v in r.items() if k not in drop and v != ""} for r in rows), key=lambda r: r["key"])
+
+
+def test_resume_after_kill_recomputes_nothing(tmp_path):
+    cfg = _cfg(tmp_path)
+    calls: list[str] = []
+    with pytest.raises(Killed):
+        run_sweep(cfg, progress=False, stage_fns={"bench": _fake(calls, kill_at=4)})
+    assert len(ResultStore(tmp_path / "out" / "results.csv")) == 3  # 3 finished before the kill
+    finished = set(calls[:3])
+    again: list[str] = []
+    store = run_sweep(cfg, progress=False, stage_fns={"bench": _fake(again)})
+    assert len(again) == 3 and finished.isdisjoint(again)  # only the missing cells ran
+    third: list[str] = []
+    run_sweep(cfg, progress=False, stage_fns={"bench": _fake(third)})
+    assert third == []  # a finished sweep recomputes nothing
+    clean = run_sweep(_cfg(tmp_path, "clean"), progress=False, stage_fns={"bench": _fake([])})
+    assert _table(store) == _table(clean)
+    assert all(r["status"] == "ok" for r in store.rows.values()) and len(store) == 6
+
+
+def test_finished_stages_are_not_rerun(tmp_path):
+    cfg = _cfg(tmp_path, stages="train, sample, bench")
+    first, samples = [], []
+
+    def sample(cell, ctx):
+        samples.append(cell.key)
+        return {"samples": "x"}
+
+    fns = {"train": lambda c, ctx: {"checkpoint": "ck"}, "sample": sample, "bench": _fake(first, kill_at=1)}
+    with pytest.raises(Killed):
+        run_sweep(cfg, progress=False, stage_fns=fns)
+    assert len(samples) == 1  # the first cell's sample stage finished, then bench was killed
+    fns["bench"] = _fake([])
+    store = run_sweep(cfg, progress=False, stage_fns=fns)
+    assert len(samples) == 6 and len(set(samples)) == 6  # the killed cell's sample stage was not redone
+    assert all(r["checkpoint"] == "ck" and r["samples"] == "x" for r in store.rows.values())
+
+
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    cfg = _cfg(tmp_path)
+    calls: list[str] = []
+    store = run_sweep(cfg, progress=True, stage_fns={"bench": _fake(calls, fail_key=1)})
+    assert len(calls) == 6 and len(store) == 6
+    failed = [r for r in store.rows.values() if r["status"] == "failed"]
+    assert len(failed) == 2
+    for r in failed:
+        assert "bench: ValueError: boom top_k=1" in r["reason"] and r["failed_stage"] == "bench"
+        assert (tmp_path / "out" / "cells" / r["key"] / "error.txt").read_text().count("boom") >= 1
+    assert sum(r["status"] == "ok" for r in store.rows.values()) == 4
+    again: list[str] = []
+    run_sweep(cfg, progress=False, stage_fns={"bench": _fake(again)})
+    assert again == []  # failed cells are finished (recorded) unless retried
+    run_sweep(cfg, progress=False, retry_failed=True, stage_fns={"bench": _fake(again)})
+    assert sorted(again) == sorted(r["key"] for r in failed)
+    assert all(r["status"] == "ok" for r in ResultStore(tmp_path / "out" / "results.csv").rows.values())
+
+
+def test_rows_carry_axes_and_estimates(tmp_path):
+    store = run_sweep(_cfg(tmp_path), progress=False, stage_fns={"bench": _fake([])})
+    r = next(iter(store.rows.values()))
+    assert json.loads(r["axes"]).keys() == {"backend.params.top_k", "backend.params.causal"}
+    assert "axis.backend.params.top_k" in r and 0 <= float(r["bench_est_sparsity"]) < 1
+
+
+def test_real_bench_stage(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.grid = {"backend.params.top_k": [1]}
+    store = run_sweep(cfg, progress=False)
+    (r,) = store.rows.values()
+    assert r["status"] == "ok", r["reason"]
+    assert r["bench_status"] == "ok" and float(r["bench_total_ms"]) > 0

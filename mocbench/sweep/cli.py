@@ -22,7 +22,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     worker = tuple(int(x) for x in args.worker.split("/")) if args.worker else None
     argv = [args.config, *args.overrides] if args.config else list(args.overrides)
     store = run_sweep(cfg, retry_failed=args.retry_failed, progress=not args.no_progress, worker=worker, argv=argv,
-                      log=lambda m: console.print(m, highlight=False))
+                      log=lambda m: console.print(m, highlight=False, markup=False))
     if worker is not None:
         return 0
     rows = list(store.rows.values())

@@ -113,7 +113,7 @@ class _Display:
 
     def log(self, msg: str) -> None:
         if self.bar:
-            self.bar.console.print(msg, highlight=False)
+            self.bar.console.print(msg, highlight=False, markup=False)
             self.update(note=msg[-60:])
 
 

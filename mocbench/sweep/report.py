@@ -201,7 +201,9 @@ def copy_routing(df: pd.DataFrame, sweep_out: Path, dest: Path) -> list[Path]:
     for r in df.itertuples(index=False):
         src = sweep_out / "cells" / str(r.key) / "routing.json"
         if src.is_file():
-            name = re.sub(r"[^A-Za-z0-9_.=-]+", "-", f"{r.label}_{r.key}")
+            params = json.loads(r.params) if isinstance(r.params, str) and r.params else {}
+            name = re.sub(r"[^A-Za-z0-9_.=-]+", "-",
+                          "_".join([r.backend, *(f"{k}={v}" for k, v in sorted(params.items())), str(r.key)]))
             dest.mkdir(parents=True, exist_ok=True)
             out.append(Path(shutil.copyfile(src, dest / f"{name}.json")))
     return out
@@ -216,7 +218,8 @@ def write_report(stores, out: Path, *, figures: bool = True, sweep_out: Path | N
     if sweep_out is not None:
         routing = copy_routing(df, sweep_out, out / "routing")
         written += routing
-        causal = [p for p in routing if "causal=" in p.name]
+        in_causal = df["ablation"].fillna("").astype(str).str.split(";").apply(lambda xs: "causal" in xs)
+        causal = [p for p in routing if any(str(k) in p.name for k in df.loc[in_causal, "key"])]
         if figures and causal:
             written.append(routing_figure(causal, out / "figures" / "routing_causal_vs_noncausal.png"))
         if figures and routing:

@@ -114,7 +114,7 @@ class SweepCell:
 
     @property
     def label(self) -> str:
-        return ",".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items()) or "base"
+        return ",".join(f"{k.split('.')[-1]}={v}" for k, v in self.axes.items()) or self.config.backend.name
 
 
 def load_sweep(path: str | None, overrides: list[str] | None = None) -> SweepConfig:
@@ -129,7 +129,7 @@ def _plain(v: Any) -> Any:
 
 def _axis_lists(where: str, axes: dict) -> dict[str, list]:
     out = {}
-    for key, values in axes.items():
+    for key, values in _flat("", {k: _plain(v) for k, v in axes.items()}).items():  # a.b=[..] overrides nest
         values = _plain(values)
         if not isinstance(values, list):
             raise ConfigError(f"{where}.{key}: an axis must be a list of values, got {values!r}")

@@ -25,7 +25,7 @@ def _qkv(layout, B=2, H=2, D=8, seed=0):
 def _by_hand(plan):
     """Per (b, h): S x S counts of routed slots, by looping over every query and slot."""
     sel = plan.selected
-    B, H, L, K = sel.shape
+    B, H, L, _K = sel.shape
     S = plan.layout.num_shots
     chunk_shot = plan.structure.chunks.chunk_shot.tolist()
     shot = plan.layout.shot_id.tolist()
@@ -102,7 +102,7 @@ def test_install_wraps_every_layer():
     from mocbench.tasks.model import DiTShape, VideoDiT
 
     fields = DiTShape.__dataclass_fields__
-    kw = {k: v for k, v in dict(dim=32, depth=2, heads=2).items() if k in fields}
+    kw = {k: v for k, v in {"dim": 32, "depth": 2, "heads": 2}.items() if k in fields}
     model = VideoDiT(DiTShape(**kw), "moc", {"top_k": 1, "chunking": "frame"})
     store: dict[int, LayerStats] = {}
     install(model, store)

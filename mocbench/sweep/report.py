@@ -37,7 +37,13 @@ def load_rows(stores) -> pd.DataFrame:
 
 def ablation_table(df: pd.DataFrame, ablation: str) -> pd.DataFrame:
     mask = df["ablation"].fillna("").astype(str).str.split(";").apply(lambda xs: ablation in xs)
-    sub = df[mask]
+    sub = df[mask].copy()
+    if "params" in sub and len(sub) > 1:  # name each cell by the backend params that vary in this ablation
+        params = [dict(json.loads(p) if isinstance(p, str) and p else {}, backend=b)
+                  for p, b in zip(sub["params"], sub["backend"])]
+        keys = [k for k in dict.fromkeys(k for p in params for k in p) if len({str(p.get(k)) for p in params}) > 1]
+        if keys:
+            sub["label"] = [", ".join(f"{k}={p.get(k, '-')}" for k in keys) for p in params]
     cols = [c for c in COLUMNS if c in sub.columns]
     t = sub[cols].rename(columns=COLUMNS)
     return t.reset_index(drop=True)
@@ -89,11 +95,12 @@ def pareto_figure(df: pd.DataFrame, path: Path) -> Path | None:
     plt = _plt()
     ok["x"] = _sparsity(ok)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    colors = {ab: f"C{i % 10}" for i, ab in enumerate(ablations_of(ok))}
     for ax, m in zip(axes[0], metrics):
         d = ok[ok[m].notna() & ok["x"].notna() & (ok[m].abs() != float("inf"))]
         for ab in ablations_of(d):
-            sel = d[d["ablation"].fillna("").astype(str).str.split(";").apply(lambda xs: ab in xs)] if ab else d
-            ax.scatter(sel["x"], sel[m], label=ab or "cells", s=28, alpha=0.8)
+            sel = d[d["ablation"].fillna("").astype(str).str.split(";").apply(lambda xs, ab=ab: ab in xs)] if ab else d
+            ax.scatter(sel["x"], sel[m], label=ab or "cells", s=28, alpha=0.8, color=colors.get(ab, "C0"))
         better = (lambda a, b: a >= b) if m == "psnr" else (lambda a, b: a <= b)
         pts = sorted(zip(d["x"], d[m]), key=lambda p: -p[0])
         front, best = [], None
@@ -107,7 +114,7 @@ def pareto_figure(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xlabel("sparsity (routed during sampling; analytic if none)")
         ax.set_ylabel({"psnr": "PSNR vs dense (dB, higher is better)", "val_loss": "held-out loss (lower is better)"}[m])
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.suptitle("Quality vs sparsity (one dense-trained model, MoC swapped in at sampling)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,31 +26,31 @@ STAGES = ("train", "finetune", "sample", "eval", "bench")
 @dataclass
 class BackendSpec:
     name: str = "dense"
-    params: Dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainSpec:
     task_config: str = "configs/task/quickstart_multishot.yaml"
-    overrides: Dict[str, Any] = field(default_factory=dict)  # task config keys (dotted), e.g. trainer.max_steps
-    backend: Optional[BackendSpec] = None  # the backend the train stage trains with (None: dense)
-    checkpoint: Optional[str] = None  # use these weights instead of a train stage
-    finetune_overrides: Dict[str, Any] = field(default_factory=dict)  # finetune stage: task keys (e.g. max_steps)
+    overrides: dict[str, Any] = field(default_factory=dict)  # task config keys (dotted), e.g. trainer.max_steps
+    backend: BackendSpec | None = None  # the backend the train stage trains with (None: dense)
+    checkpoint: str | None = None  # use these weights instead of a train stage
+    finetune_overrides: dict[str, Any] = field(default_factory=dict)  # finetune stage: task keys (e.g. max_steps)
 
 
 @dataclass
 class SampleSpec:
     num: int = 4
     seed: int = 0
-    steps: Optional[int] = None
+    steps: int | None = None
     record_routing: bool = True  # MoC: per layer/head shot-to-shot routing counts (routing.json)
 
 
 @dataclass
 class EvalSpec:
-    evaluators: List[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost"])
+    evaluators: list[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost"])
     reference: BackendSpec = field(default_factory=BackendSpec)  # fidelity reference, sampled from the same weights
-    val_num: Optional[int] = None
+    val_num: int | None = None
 
 
 @dataclass
@@ -65,7 +65,7 @@ class BenchSpec:
     head_dim: int = 64
     batch: int = 1
     dtype: str = "float32"
-    passes: List[str] = field(default_factory=lambda: ["fwd"])
+    passes: list[str] = field(default_factory=lambda: ["fwd"])
     repeats: int = 5
     warmup: int = 1
     max_seconds_per_cell: float = 10.0
@@ -73,7 +73,7 @@ class BenchSpec:
 
 @dataclass
 class CellConfig:
-    stages: List[str] = field(default_factory=lambda: ["train", "sample", "eval"])
+    stages: list[str] = field(default_factory=lambda: ["train", "sample", "eval"])
     seed: int = 0
     backend: BackendSpec = field(default_factory=BackendSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -84,21 +84,21 @@ class CellConfig:
 
 @dataclass
 class AblationSpec:
-    grid: Dict[str, Any] = field(default_factory=dict)
-    zip: Dict[str, Any] = field(default_factory=dict)
-    set: Dict[str, Any] = field(default_factory=dict)  # fixed dotted overrides of this ablation
+    grid: dict[str, Any] = field(default_factory=dict)
+    zip: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)  # fixed dotted overrides of this ablation
 
 
 @dataclass
 class SweepConfig:
     name: str = "sweep"
-    out_dir: Optional[str] = None  # default runs/sweep/<name>
-    results_dir: Optional[str] = None  # committed outputs (tables, figures, store copy, routing json)
-    threads: Optional[int] = None
+    out_dir: str | None = None  # default runs/sweep/<name>
+    results_dir: str | None = None  # committed outputs (tables, figures, store copy, routing json)
+    threads: int | None = None
     base: CellConfig = field(default_factory=CellConfig)
-    grid: Dict[str, Any] = field(default_factory=dict)
-    zip: Dict[str, Any] = field(default_factory=dict)
-    ablations: Dict[str, AblationSpec] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
+    zip: dict[str, Any] = field(default_factory=dict)
+    ablations: dict[str, AblationSpec] = field(default_factory=dict)
 
     @property
     def out_path(self) -> str:
@@ -109,8 +109,8 @@ class SweepConfig:
 class SweepCell:
     key: str
     config: CellConfig
-    ablations: List[str]
-    axes: Dict[str, Any]  # the axis values that made this cell (for tables)
+    ablations: list[str]
+    axes: dict[str, Any]  # the axis values that made this cell (for tables)
 
     @property
     def label(self) -> str:

@@ -15,9 +15,10 @@ import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mocbench.bench.store import atomic_write_text
 from mocbench.sweep.spec import BackendSpec, SweepCell

@@ -43,3 +43,18 @@ def test_train_sample_eval_with_routing(tmp_path):
     mtimes = {f: f.stat().st_mtime_ns for f in (tmp_path / "out").rglob("*.json")}
     run_sweep(cfg, progress=False)
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").rglob("*.json")} == mtimes  # nothing recomputed
+
+
+def test_finetune_stage_starts_from_the_trained_weights(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(SPEC.format(out=tmp_path / "out"))
+    cfg = load_sweep(str(p), ["base.stages=[train,finetune,sample]", "grid.backend.params.causal=[true]",
+                              "base.train.finetune_overrides.trainer.max_steps=1"])
+    store = run_sweep(cfg, progress=False)
+    (row,) = store.rows.values()
+    assert row["status"] == "ok", row.get("reason")
+    assert "/finetune/" in row["checkpoint"] and (tmp_path / "out" / "train").is_dir()
+    import yaml
+
+    ft = yaml.safe_load(next((tmp_path / "out" / "finetune").glob("*/config.yaml")).read_text())
+    assert ft["backend"]["name"] == "moc" and "/train/" in ft["init_from"]

@@ -119,3 +119,33 @@ def test_real_bench_stage(tmp_path):
     (r,) = store.rows.values()
     assert r["status"] == "ok", r["reason"]
     assert r["bench_status"] == "ok" and float(r["bench_total_ms"]) > 0
+
+
+def test_parallel_path_merges_worker_rows(tmp_path, monkeypatch):
+    """The several-GPU path, with the worker processes replaced by in-process worker runs."""
+    import torch
+
+    from mocbench.sweep import runner
+
+    cfg = _cfg(tmp_path)
+    calls: list[str] = []
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, env):
+            i, n = (int(x) for x in cmd[cmd.index("--worker") + 1].split("/"))
+            started.append((i, n, env["CUDA_VISIBLE_DEVICES"]))
+            runner.run_sweep(cfg, progress=False, worker=(i, n), stage_fns={"bench": _fake(calls, fail_key=2)})
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(runner.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+    store = runner.run_sweep(cfg, progress=False, argv=["cfg.yaml"])
+    assert started == [(0, 2, "0"), (1, 2, "1")]
+    assert len(calls) == 6 and len(set(calls)) == 6  # each cell ran once, on one worker
+    assert len(store) == 6 and sum(r["status"] == "failed" for r in store.rows.values()) == 2
+    assert len(ResultStore(tmp_path / "out" / "results.csv")) == 6

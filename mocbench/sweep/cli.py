@@ -50,9 +50,11 @@ def _dry_run(cfg, cells, console, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    table = Table(title=f"sweep {cfg.name}: {len(cells)} cells (analytic attention cost per forward, all layers)")
-    cols = ["key", "ablations", "cell", "backend", "stages", "tokens", "est_sparsity", "est_attn_gflops",
-            "bench_tokens", "bench_est_sparsity", "bench_est_gflops"]
+    stages = sorted({"+".join(c.config.stages) for c in cells})
+    table = Table(title=f"sweep {cfg.name}: {len(cells)} cells, stages {', '.join(stages)}; analytic attention "
+                        f"cost per forward (all layers) on the task layout and per call on the bench layout")
+    cols = ["key", "ablations", "cell", "tokens", "est_sparsity", "est_attn_gflops", "bench_tokens",
+            "bench_est_sparsity", "bench_est_gflops"]
     for col in cols:
         table.add_column(col, overflow="fold")
     for r in rows:

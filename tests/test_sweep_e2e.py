@@ -58,3 +58,40 @@ def test_finetune_stage_starts_from_the_trained_weights(tmp_path):
 
     ft = yaml.safe_load(next((tmp_path / "out" / "finetune").glob("*/config.yaml")).read_text())
     assert ft["backend"]["name"] == "moc" and "/train/" in ft["init_from"]
+
+
+def test_sigkill_then_rerun_finishes_only_what_is_missing(tmp_path):
+    """A real ``kill -9`` of ``mocbench sweep`` once a cell is finished, then a re-run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from mocbench.bench.store import ResultStore
+
+    p = tmp_path / "s.yaml"
+    p.write_text(SPEC.format(out=tmp_path / "out").replace("[fidelity, cost]", "[cost]"))
+    overrides = ["grid.backend.params.top_k=[1,2]"]
+    store_path = tmp_path / "out" / "results.csv"
+    cmd = [sys.executable, "-c", "import sys; from mocbench.cli import main; sys.exit(main(sys.argv[1:]))",
+           "sweep", str(p), *overrides, "--no-progress", "--no-report"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if store_path.is_file() and len(ResultStore(store_path)) >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = ResultStore(store_path).rows if store_path.is_file() else {}
+    print("rows finished before the kill:", len(before))
+    stamps = {k: (tmp_path / "out" / "cells" / k / "row.json").stat().st_mtime_ns for k in before}
+    cfg = load_sweep(str(p), overrides)
+    store = run_sweep(cfg, progress=False)
+    assert len(store) == 4 and all(r["status"] == "ok" for r in store.rows.values())
+    for k, r in before.items():  # finished cells were not recomputed
+        assert (tmp_path / "out" / "cells" / k / "row.json").stat().st_mtime_ns == stamps[k]
+        assert store.rows[k]["finished_at"] == r["finished_at"]
+    assert len(list((tmp_path / "out" / "train").iterdir())) == 1

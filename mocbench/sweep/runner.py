@@ -72,7 +72,19 @@ def run_cell(cell: SweepCell, ctx: Context, stage_fns: dict | None = None) -> di
     return _finish(row, cdir, t0)
 
 
+def _environment() -> dict:
+    import torch
+
+    from mocbench.bench.env import environment
+
+    try:
+        return environment("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, AssertionError):  # a CUDA query failed: record the host only
+        return environment("cpu")
+
+
 def _finish(row: dict, cdir: Path, t0: float) -> dict:
+    row.update(_environment())
     row.update(finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                cell_seconds=round(time.perf_counter() - t0, 1))
     atomic_write_text(cdir / "row.json", json.dumps(row, default=str))

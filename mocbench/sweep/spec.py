@@ -51,6 +51,7 @@ class EvalSpec:
     evaluators: list[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost"])
     reference: BackendSpec = field(default_factory=BackendSpec)  # fidelity reference, sampled from the same weights
     val_num: int | None = None
+    vbench: dict[str, Any] = field(default_factory=dict)  # VBenchSettings fields (python, cache_dir, device, ...)
 
 
 @dataclass
@@ -219,6 +220,8 @@ def cell_key(cell: CellConfig) -> str:
     d["backend"] = _resolved_params(cell.backend)
     d["train"]["backend"] = _resolved_params(cell.train.backend)
     d["eval"]["reference"] = _resolved_params(cell.eval.reference)
+    if not d["eval"]["vbench"]:  # fields added later stay out of the hash at their defaults (stable keys)
+        del d["eval"]["vbench"]
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 

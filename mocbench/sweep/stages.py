@@ -157,8 +157,12 @@ def stage_eval(cell: SweepCell, ctx: Context) -> dict:
     samples = ctx.state.get("samples") or str(ctx.cell_dir(cell) / "samples")
     ref = reference_samples(cell, ctx, ctx.state["checkpoint"]) if "fidelity" in cell.config.eval.evaluators else None
     store = ctx.cell_dir(cell) / "eval.csv"
+    from mocbench.eval.vbench_real import VBenchSettings
+
+    vb = {k: (tuple(v) if k == "dimensions" else v) for k, v in cell.config.eval.vbench.items() if v is not None}
     evaluate(EvalRequest(samples, reference=str(ref) if ref else None, evaluators=tuple(cell.config.eval.evaluators),
-                         store=str(store), config_name=ctx.name, val_num=cell.config.eval.val_num), log=ctx.log)
+                         store=str(store), config_name=ctx.name, val_num=cell.config.eval.val_num,
+                         vbench=VBenchSettings(**vb)), log=ctx.log)
     out: dict[str, Any] = {}
     for row in ResultStore(store).rows.values():
         ev = row.get("evaluator", "")

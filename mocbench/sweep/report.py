@@ -190,8 +190,9 @@ def routing_figure(files, path: Path) -> Path:
             ax.set_yticks(range(m.shape[0]))
             if i == 0:
                 p = r.get("params", {})
-                ax.set_title(f"causal={p.get('causal', True)} k={p.get('top_k')}\n{p.get('chunking', '')} "
-                             f"mutual={st['mutual']}/{st['units']}", fontsize=7)
+                local = p.get("local_anchor") or "default"
+                ax.set_title(f"causal={p.get('causal', True)} k={p.get('top_k')} local={local}\n"
+                             f"{p.get('chunking', '')} mutual={st['mutual']}/{st['units']}", fontsize=7)
             ax.set_ylabel(f"{name}\nquery shot", fontsize=7)
             ax.set_xlabel(f"routed shot (sparsity {st['sparsity']:.2f})", fontsize=7)
     fig.suptitle("MoC shot-to-shot routing (share of routed slots, counts)", fontsize=9)

@@ -45,6 +45,14 @@ class LayoutConfig:
 
 
 @dataclass
+class BackendConfig:
+    """An attention backend by registry name and its params (``mocbench backends`` lists both)."""
+
+    name: str = "dense"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class PlanConfig:
     """``mocbench plan``: analytic accounting of ``backend`` (with ``params``) next to ``compare`` rows."""
 

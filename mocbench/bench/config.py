@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import ConfigError, LayoutConfig, _plain, load_config
+from mocbench.config import BackendConfig, ConfigError, LayoutConfig, _plain, load_config
 from mocbench.layout import TokenLayout
 from mocbench.registry import get_backend
 
@@ -41,11 +41,9 @@ PASSES = ("fwd", "fwd+bwd")
 
 
 @dataclass
-class BackendEntry:
+class BackendEntry(BackendConfig):
     """One backend of the sweep: a registry name, its params, an optional display label."""
 
-    name: str = "dense"
-    params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # default: the backend's own label (name + non-default params)
 
 

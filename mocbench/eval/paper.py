@@ -19,9 +19,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from mocbench.config import ConfigError, load_config
+from mocbench.config import BackendConfig, ConfigError, load_config
 
 
 @dataclass
@@ -36,12 +35,6 @@ class ScaleConfig:
     steps: int | None = None  # ODE steps (default: the checkpoint's sample.steps)
     val_num: int | None = None  # held-out videos for val_loss (default: data.val_size)
     sheet_samples: int = 2  # samples in the side-by-side contact sheet
-
-
-@dataclass
-class BackendEntry:
-    name: str = "dense"
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,7 +54,7 @@ class PaperConfig:
     table: str = "paper2"
     scale: str = "cpu"
     scales: dict[str, ScaleConfig] = field(default_factory=dict)
-    backends: list[BackendEntry] = field(default_factory=list)
+    backends: list[BackendConfig] = field(default_factory=list)
     evaluators: list[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost",
                                                            "vbench"])
     vbench: VBenchEntry = field(default_factory=VBenchEntry)
@@ -78,7 +71,7 @@ def load_paper_config(path: str, overrides: list[str] | None = None) -> PaperCon
     return cfg
 
 
-def slug(entry: BackendEntry) -> str:
+def slug(entry: BackendConfig) -> str:
     params = "_".join(f"{k}{v}" for k, v in sorted(entry.params.items()))
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{entry.name}_{params}" if params else entry.name)
 
@@ -102,7 +95,7 @@ def _checkpoint(sc: ScaleConfig, log) -> str:
     return str(final)
 
 
-def _sample(ckpt: str, entry: BackendEntry, out: Path, sc: ScaleConfig, log) -> None:
+def _sample(ckpt: str, entry: BackendConfig, out: Path, sc: ScaleConfig, log) -> None:
     meta = out / "metadata.json"
     if meta.is_file() and (out / "timing.json").is_file():
         m = json.loads(meta.read_text())

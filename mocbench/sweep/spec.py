@@ -18,22 +18,16 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import ConfigError, load_config
+from mocbench.config import BackendConfig, ConfigError, load_config
 
 STAGES = ("train", "finetune", "sample", "eval", "bench")
-
-
-@dataclass
-class BackendSpec:
-    name: str = "dense"
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainSpec:
     task_config: str = "configs/task/quickstart_multishot.yaml"
     overrides: dict[str, Any] = field(default_factory=dict)  # task config keys (dotted), e.g. trainer.max_steps
-    backend: BackendSpec | None = None  # the backend the train stage trains with (None: dense)
+    backend: BackendConfig | None = None  # the backend the train stage trains with (None: dense)
     checkpoint: str | None = None  # use these weights instead of a train stage
     finetune_overrides: dict[str, Any] = field(default_factory=dict)  # finetune stage: task keys (e.g. max_steps)
 
@@ -49,7 +43,7 @@ class SampleSpec:
 @dataclass
 class EvalSpec:
     evaluators: list[str] = field(default_factory=lambda: ["fidelity", "val_loss", "vbench_proxy", "memory", "cost"])
-    reference: BackendSpec = field(default_factory=BackendSpec)  # fidelity reference, sampled from the same weights
+    reference: BackendConfig = field(default_factory=BackendConfig)  # fidelity reference, sampled from the same weights
     val_num: int | None = None
     vbench: dict[str, Any] = field(default_factory=dict)  # VBenchSettings fields (python, cache_dir, device, ...)
 
@@ -76,7 +70,7 @@ class BenchSpec:
 class CellConfig:
     stages: list[str] = field(default_factory=lambda: ["train", "sample", "eval"])
     seed: int = 0
-    backend: BackendSpec = field(default_factory=BackendSpec)
+    backend: BackendConfig = field(default_factory=BackendConfig)
     train: TrainSpec = field(default_factory=TrainSpec)
     sample: SampleSpec = field(default_factory=SampleSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
@@ -202,7 +196,7 @@ def check_cell(cell: CellConfig, where: str) -> None:
         raise ConfigError(f"{where}: stages: sample/eval/finetune need a 'train' stage or train.checkpoint")
 
 
-def _resolved_params(spec: BackendSpec | None) -> Any:
+def _resolved_params(spec: BackendConfig | None) -> Any:
     """A backend's params with its defaults filled in (so ``{}`` and the explicit defaults hash alike)."""
     if spec is None:
         return None

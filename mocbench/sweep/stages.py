@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mocbench.bench.store import atomic_write_text
-from mocbench.sweep.spec import BackendSpec, SweepCell
+from mocbench.config import BackendConfig
+from mocbench.sweep.spec import SweepCell
 
 # eval-store columns that are bookkeeping, not metrics
 _META = {"key", "config_hash", "config_name", "status", "reason", "backend", "label", "family", "params", "finished_at",
@@ -67,7 +68,7 @@ def dotlist(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def backend_overrides(b: BackendSpec) -> list[str]:
+def backend_overrides(b: BackendConfig) -> list[str]:
     return [f"backend.name={b.name}", *dotlist(b.params, "backend.params.")]
 
 
@@ -100,7 +101,7 @@ def stage_train(cell: SweepCell, ctx: Context) -> dict:
     t = cell.config.train
     if t.checkpoint:
         return {"checkpoint": t.checkpoint}
-    return _train_run(ctx, "train", t.task_config, [*task_overrides(cell), *backend_overrides(t.backend or BackendSpec())])
+    return _train_run(ctx, "train", t.task_config, [*task_overrides(cell), *backend_overrides(t.backend or BackendConfig())])
 
 
 def stage_finetune(cell: SweepCell, ctx: Context) -> dict:
@@ -111,7 +112,7 @@ def stage_finetune(cell: SweepCell, ctx: Context) -> dict:
     return _train_run(ctx, "finetune", t.task_config, ov)
 
 
-def _sample_set(ctx: Context, ckpt: str, backend: BackendSpec, out: Path, spec, routing: Path | None) -> dict:
+def _sample_set(ctx: Context, ckpt: str, backend: BackendConfig, out: Path, spec, routing: Path | None) -> dict:
     import torch
 
     from mocbench.sweep.routing import sample_with_routing

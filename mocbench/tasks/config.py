@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import ConfigError, load_config
+from mocbench.config import BackendConfig, ConfigError, load_config
 from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
@@ -65,14 +65,6 @@ class ModelConfig:
     max_shots: int = 8
     max_frames: int = 16
     prediction: str = "x"  # network output: "x" (clean video, turned into a velocity) or "v" (velocity)
-
-
-@dataclass
-class BackendConfig:
-    """Attention backend of every block: a registry name and its params (``mocbench backends``)."""
-
-    name: str = "dense"
-    params: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -255,7 +255,6 @@ class _MoCGatherFn(torch.autograd.Function):
             m_bl[:, qi] = lse_bgn.reshape(BH, G * n).to(m_r.dtype)
         # 2. routed chunks: one batched flash call per bucket of (bh, chunk) groups
         if groups.num_slots:
-            P = groups.num_slots
             q_rd = torch.cat([q_bld.reshape(BH * L, D), q_bld.new_zeros(1, D)])  # row BH*L: padding
             ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
             outs, lses = [], []

@@ -124,21 +124,22 @@ def summary(store: dict[int, LayerStats], **info) -> dict:
 def sample_with_routing(checkpoint: str, out: str | Path, *, overrides: list[str], num: int, seed: int,
                         steps: int | None, routing_path: str | Path | None) -> dict | None:
     """``mocbench sample`` (same files, same videos) with routing recorded into ``routing_path`` (JSON)."""
-    from mocbench.tasks import sample as S
-    from mocbench.tasks.lightning_module import load_task
-    from mocbench.tasks.train import torch_threads
+    from mocbench.tasks.sample import sample_checkpoint
 
-    S.check_sample_overrides(overrides)
-    task = load_task(checkpoint, overrides)
     store: dict[int, LayerStats] = {}
-    if routing_path is not None:
-        install(task.model, store)
-        if task.ema is not None and hasattr(task.ema, "blocks"):
-            install(task.ema, store)
-    with torch_threads(task.cfg.threads):
-        S._sample(task, checkpoint, out, num, seed, steps, None, None, 8, True)
+    loaded = []
+
+    def record(task) -> None:
+        loaded.append(task)
+        if routing_path is not None:
+            install(task.model, store)
+            if task.ema is not None and hasattr(task.ema, "blocks"):
+                install(task.ema, store)
+
+    sample_checkpoint(checkpoint, out, overrides=overrides, num=num, seed=seed, steps=steps, on_load=record)
     if routing_path is None or not store:
         return None
+    task = loaded[0]
     d = task.cfg.data
     layout = task.model.layout_for(d.shots, d.frames, d.height, d.width, d.text_tokens)
     info = summary(store, backend=task.cfg.backend.name, params=dict(task.cfg.backend.params),

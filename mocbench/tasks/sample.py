@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -49,13 +50,19 @@ def reference_batch(task: VideoTask, num: int, seed: int) -> dict:
 def sample_checkpoint(checkpoint: str, out: str | Path, *, overrides: list[str] | None = None,
                       num: int | None = None, seed: int | None = None, steps: int | None = None,
                       sampler: str | None = None, guidance: float | None = None, batch_size: int = 8,
-                      write_files: bool = True) -> tuple[torch.Tensor, list[Path]]:
-    """Sample ``num`` videos; returns ``(videos (N, S, F, 3, H, W) in [-1, 1], written paths)``."""
+                      write_files: bool = True, on_load: Callable[[VideoTask], None] | None = None,
+                      ) -> tuple[torch.Tensor, list[Path]]:
+    """Sample ``num`` videos; returns ``(videos (N, S, F, 3, H, W) in [-1, 1], written paths)``.
+
+    ``on_load(task)`` runs after the checkpoint is loaded and before sampling (e.g. to wrap the
+    attention backends with a recorder)."""
     overrides = list(overrides or [])
     check_sample_overrides(overrides)
     if not Path(checkpoint).is_file():
         raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
     task = load_task(checkpoint, overrides)
+    if on_load is not None:
+        on_load(task)
     with torch_threads(task.cfg.threads):
         return _sample(task, checkpoint, out, num, seed, steps, sampler, guidance, batch_size, write_files)
 

@@ -55,6 +55,8 @@ class MoCBackend(AttentionBackend):
                 return reasons + [str(exc)]
             if dtype not in impl.devices:
                 reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {dtype}")
+            elif (why := impl.unavailable_reason()) is not None:
+                reasons.append(f"impl {impl.name!r}: {why}")
             elif grad and dtype not in impl.backward_devices:
                 reasons.append(f"impl {impl.name!r} has no backward pass on {dtype} (inputs require grad)")
         return reasons

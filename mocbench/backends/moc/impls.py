@@ -2,15 +2,20 @@
 
 Every implementation computes the same function (moc-spec §5) from the same routing plan;
 they differ only in how attention over the routed keys is executed. ``"auto"`` picks the
-first entry of ``AUTO_ORDER[device type]``.
+first *available* entry of ``AUTO_ORDER[device type]``; when it has to pass over one (e.g. the
+fused CPU kernel could not be built) it warns once, naming the reason, and the plan records the
+implementation that ran (``plan.impl``, shown in bench rows and backend labels).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from mocbench.backends.moc import cpu_ext
 from mocbench.backends.moc.flex import flex_forward, prepare_flex
+from mocbench.backends.moc.fused import fused_forward, prepare_fused
 from mocbench.backends.moc.gather import gather_forward, prepare_gather
 from mocbench.backends.moc.reference import reference_forward
 
@@ -25,6 +30,11 @@ class MoCImpl:
     # is stored in ``plan.impl_state``.
     prepare: Callable | None = None
     backward_devices: tuple[str, ...] = ("cpu", "cuda")
+    # Optional check run before use: None when usable, else the reason it is not.
+    unavailable: Callable[[], str | None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        return self.unavailable() if self.unavailable is not None else None
 
 
 IMPLS: dict[str, MoCImpl] = {
@@ -38,18 +48,33 @@ IMPLS: dict[str, MoCImpl] = {
                       "CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused flash "
                       "kernels, exact log-sum-exp merge; custom backward", prepare=prepare_gather,
                       backward_devices=("cpu",)),
+    "fused": MoCImpl("fused", fused_forward, ("cpu",),
+                     "CPU: anchors as stacked blocks + a C++ kernel (built at first use) that attends tiles of "
+                     "routed queries chunk by chunk and merges slots by log-sum-exp; exact; custom backward",
+                     prepare=prepare_fused, backward_devices=("cpu",), unavailable=cpu_ext.unavailable_reason),
 }
 # What impl="auto" runs, per device type: the fastest exact implementation first.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("gather", "reference"),
+    "cpu": ("fused", "gather", "reference"),
     "cuda": ("flex", "reference"),
 }
 
 
+_WARNED: set[str] = set()
+
+
 def resolve_impl(name: str, device_type: str) -> MoCImpl:
+    """The implementation ``name`` names, or for ``"auto"`` the first available one for the device."""
     if name == "auto":
         for cand in AUTO_ORDER.get(device_type, ()):
-            if device_type in IMPLS[cand].devices:
-                return IMPLS[cand]
+            impl = IMPLS[cand]
+            if device_type not in impl.devices:
+                continue
+            reason = impl.unavailable_reason()
+            if reason is None:
+                return impl
+            if cand not in _WARNED:
+                _WARNED.add(cand)
+                warnings.warn(f"moc impl='auto' on {device_type}: passing over {cand!r} ({reason})", stacklevel=2)
         raise ValueError(f"no MoC implementation supports device {device_type!r}")
     return IMPLS[name]

@@ -1,0 +1,151 @@
+"""Exact, fast CPU Mixture of Contexts on a fused C++ kernel (moc impl ``"fused"``).
+
+Same decomposition as impl ``"gather"`` (moc-spec §5 computed as partial attentions over disjoint
+key sets merged by log-sum-exp), but the routed part runs in ``csrc/moc_cpu.cpp``:
+
+1. **Anchors**: stacked flash calls, shared with ``gather`` (:func:`gather.anchor_forward`).
+2. **Routed chunks**: ``routed_index`` turns ``selected`` into a CSR of routed (query, chunk)
+   pairs per (batch*head, chunk) (prepare step, timed with routing); ``routed_attention`` walks
+   tiles of each group's queries, gathering them into a cache-resident buffer, and writes each
+   pair's normalised partial output and log-sum-exp into the query's slot ``row * K + k``.
+   Chunks only partly un-anchored for some query (``fixed:m`` chunks spanning two shots with
+   ``local_anchor="shot"``) are computed with a key mask by :func:`gather._routed_piece`.
+3. **Merge**: ``merge_slots`` folds the K slots of every row into its anchor partial, in place.
+4. **Backward**: the exact flash-decomposition backward of ``gather`` (custom autograd.Function);
+   its padded (bh, chunk) buckets are built on the first backward call, not in ``prepare``.
+
+float32 and float64 run natively; bfloat16/float16 are computed in float32 and rounded once.
+The kernel is built at first use (see :mod:`cpu_ext`); when it cannot be, this impl reports why.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from mocbench.backends.moc import cpu_ext
+from mocbench.backends.moc.gather import _routed_piece, _sorted_kv, anchor_forward, gather_backward
+from mocbench.backends.moc.gather_index import GatherIndex, RoutedGroups, gather_index, routed_groups
+
+
+@dataclass(eq=False)
+class FusedState:
+    """Built by :func:`prepare_fused` (timed with routing)."""
+
+    index: GatherIndex
+    K: int  # routed slots per row
+    group_ptr: torch.Tensor  # (BH*C+1,) CSR offsets of the (bh, chunk) groups
+    rows_e: torch.Tensor  # (E,) query row bh*L + i of every routed pair, grouped
+    slot_e: torch.Tensor  # (E,) slot row*K + k of every routed pair
+    skip_c: torch.Tensor  # (C,) bool: partly anchored chunk, computed in Python with a mask
+    offsets_c: torch.Tensor  # (C+1,) int64 chunk offsets in the chunk-sorted order
+    _backward_groups: RoutedGroups | None = field(default=None, repr=False)
+
+    def pieces(self, num_chunks: int):
+        """(bh, c, rows_n, slots_n) for every non-empty group of a partly anchored chunk."""
+        out = []
+        for c in self.skip_c.nonzero().flatten().tolist():
+            for bh in range((self.group_ptr.numel() - 1) // num_chunks):
+                g = bh * num_chunks + c
+                lo, hi = int(self.group_ptr[g]), int(self.group_ptr[g + 1])
+                if hi > lo:
+                    out.append((bh, c, self.rows_e[lo:hi], self.slot_e[lo:hi]))
+        return out
+
+    def backward_groups(self, selected: torch.Tensor, num_chunks: int) -> RoutedGroups:
+        if self._backward_groups is None:
+            self._backward_groups = routed_groups(selected.cpu(), self.index, num_chunks)
+        return self._backward_groups
+
+
+def prepare_fused(plan) -> FusedState:
+    ext = cpu_ext.load()
+    idx = gather_index(plan.layout, plan.structure)
+    C = plan.structure.num_chunks
+    sel = plan.selected.cpu()
+    B, H, L, K = sel.shape
+    group_ptr, rows_e, slot_e = ext.routed_index(sel.reshape(B * H, L, K), C)
+    return FusedState(idx, K, group_ptr, rows_e, slot_e, torch.tensor(idx.partial_c, dtype=torch.bool),
+                      torch.tensor(idx.offsets, dtype=torch.int64))
+
+
+_WORKSPACE = threading.local()
+
+
+def _slot_buffer(rows: int, D: int, dtype: torch.dtype) -> torch.Tensor:
+    """A (rows, D) scratch buffer reused across calls (per thread, per dtype). The slot buffer is
+    hundreds of MB at 32k tokens; allocating it afresh each call costs page faults on first touch
+    (~35 ms at 268 MB on the 2-core reference machine). Its contents never leave the forward pass."""
+    bufs = getattr(_WORKSPACE, "bufs", None)
+    if bufs is None:
+        bufs = _WORKSPACE.bufs = {}
+    need = rows * D
+    buf = bufs.get(dtype)
+    if buf is None or buf.numel() < need:
+        bufs[dtype] = buf = None  # drop the old one before allocating the larger
+        bufs[dtype] = buf = torch.empty(need, dtype=dtype)
+    return buf[:need].view(rows, D)
+
+
+def release_workspace() -> None:
+    """Free this thread's cached slot buffers."""
+    _WORKSPACE.bufs = {}
+
+
+class _MoCFusedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_bhld, k_bhld, v_bhld, plan, state: FusedState, scale):
+        ext = cpu_ext.load()
+        B, H, L, D = q_bhld.shape
+        BH, idx, K = B * H, state.index, state.K
+        q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
+        out_rd, lse_r = anchor_forward(q_bld, k_bld, v_bld, idx, scale)
+        if K and state.rows_e.numel():
+            q_rd = q_bld.reshape(BH * L, D)
+            ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
+            o_slots = _slot_buffer(BH * L * K, D, q_bhld.dtype)
+            lse_slots = torch.full((BH * L * K,), float("-inf"), dtype=q_bhld.dtype)
+            ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.slot_e, state.offsets_c,
+                                 state.skip_c, float(scale), L, o_slots, lse_slots)
+            for bh, c, rows_n, slots_n in state.pieces(plan.structure.num_chunks):
+                o, lse = _routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh],
+                                       vs_rd.view(BH, L, D)[bh], plan, idx, c, rows_n, L, scale)
+                o_slots.index_copy_(0, slots_n, o.to(o_slots.dtype))
+                lse_slots.index_copy_(0, slots_n, lse.to(lse_slots.dtype))
+            ext.merge_slots(out_rd, lse_r, o_slots, lse_slots, K)
+        ctx.plan, ctx.state, ctx.scale = plan, state, scale
+        ctx.save_for_backward(q_bhld, k_bhld, v_bhld, out_rd, lse_r)
+        ctx.mark_non_differentiable(lse_r)
+        return out_rd.view(B, H, L, D), lse_r.view(B, H, L)
+
+    @staticmethod
+    def backward(ctx, dout_bhld, _dlse):
+        q_bhld, k_bhld, v_bhld, out_rd, lse_r = ctx.saved_tensors
+        plan, state = ctx.plan, ctx.state
+        groups = state.backward_groups(plan.selected, plan.structure.num_chunks) if state.K else \
+            RoutedGroups((), (), 0, torch.empty(0, 0, dtype=torch.int64))
+        grads = gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, state.index, groups, ctx.scale)
+        return (*grads, None, None, None)
+
+
+def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoC output (B, H, L, D) and its natural-log log-sum-exp (B, H, L), in the compute dtype.
+
+    Uses ``plan.impl_state`` when the plan was prepared for this implementation; any other MoC
+    plan (e.g. one prepared for ``"reference"``) is indexed here, on the fly.
+    """
+    if q.device.type != "cpu":
+        raise ValueError(f"moc impl 'fused' runs on CPU, got {q.device}")
+    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), FusedState) else prepare_fused(plan)
+    dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    q_, k_, v_ = (t.to(dt).contiguous() for t in (q, k, v))
+    out, lse = _MoCFusedFn.apply(q_, k_, v_, plan, state, scale)
+    return out.to(q.dtype), lse
+
+
+def fused_forward(q, k, v, plan) -> torch.Tensor:
+    return fused_forward_lse(q, k, v, plan)[0]

@@ -1,0 +1,118 @@
+"""MoC impl 'fused' (C++ CPU kernel): behaviour beyond the oracle sweeps in test_moc_cpu_impls.py.
+
+Tile boundaries (groups larger than one tile, chunks larger than the score-tile budget), the
+reused slot workspace, the kernel's own input checks, and what happens when the kernel cannot
+be built: impl="fused" refuses with the reason, impl="auto" warns and runs the next impl.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mocbench
+from mocbench import TokenLayout
+from mocbench.backend import UnsupportedError
+from mocbench.backends.moc import cpu_ext, fused, impls
+from mocbench.backends.moc.impls import IMPLS
+
+_MISSING = IMPLS["fused"].unavailable_reason()
+needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
+
+
+def _qkv(shape, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
+
+
+def _vs_reference(layout, params, shape, seed, dtype, tol):
+    q, k, v = _qkv(shape, seed, dtype)
+    plan = mocbench.get_backend("moc", impl="reference", **params).prepare(q, k, layout)
+    ref = IMPLS["reference"].forward(q, k, v, plan)
+    out = IMPLS["fused"].forward(q, k, v, plan)
+    assert (out - ref).abs().max().item() <= tol
+    return plan
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_groups_span_several_tiles(dtype, tol):
+    """600 queries route to the same early chunk (causal, top_k >= candidates): > 2 tiles of 256."""
+    layout = TokenLayout.single_shot(text_tokens=3, frames=40, tokens_per_frame=16)
+    plan = _vs_reference(layout, dict(top_k=64, chunking="frame"), (1, 2, layout.num_tokens, 16), 1, dtype, tol)
+    st = fused.prepare_fused(plan)
+    assert int((st.group_ptr[1:] - st.group_ptr[:-1]).max()) > 512
+
+
+@needs_kernel
+def test_chunks_larger_than_the_score_tile_budget():
+    """A 1100-token shot chunk: tiles shrink to fit; values unchanged."""
+    layout = TokenLayout.multi_shot(text_tokens=[2, 3, 2], frames=[11, 10, 9], tokens_per_frame=100)
+    _vs_reference(layout, dict(top_k=2, chunking="shot", local_anchor="chunk", causal=False),
+                  (1, 1, layout.num_tokens, 8), 2, torch.float64, 1e-10)
+
+
+@needs_kernel
+def test_gradients_through_fused_backward_match_reference():
+    layout = TokenLayout.multi_shot(text_tokens=[4, 2], frames=[5, 4], tokens_per_frame=6)
+    q, k, v = (t.requires_grad_() for t in _qkv((2, 2, layout.num_tokens, 8), 3))
+    plan = mocbench.get_backend("moc", impl="fused", top_k=3, chunking="fixed:5").prepare(q, k, layout)
+    g = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref = torch.autograd.grad(IMPLS["reference"].forward(q, k, v, plan), (q, k, v), g)
+    out = torch.autograd.grad(IMPLS["fused"].forward(q, k, v, plan), (q, k, v), g)
+    for a, b in zip(ref, out):
+        assert (a - b).abs().max().item() <= 1e-10
+    assert plan.impl_state._backward_groups is not None  # built on the first backward, not in prepare
+
+
+@needs_kernel
+def test_slot_workspace_is_reused_and_results_do_not_alias_it():
+    fused.release_workspace()
+    layout = TokenLayout.single_shot(text_tokens=4, frames=6, tokens_per_frame=8)
+    backend = mocbench.get_backend("moc", impl="fused", top_k=2, chunking="frame")
+    q, k, v = _qkv((1, 2, layout.num_tokens, 8), 5, torch.float32)
+    first = backend(q, k, v, layout)
+    buf = fused._WORKSPACE.bufs[torch.float32]
+    q2, k2, v2 = _qkv((1, 2, layout.num_tokens, 8), 6, torch.float32)
+    backend(q2, k2, v2, layout)
+    assert fused._WORKSPACE.bufs[torch.float32] is buf  # same size: reused, not reallocated
+    assert torch.equal(first, backend(q, k, v, layout))  # the earlier result was not overwritten
+    fused.release_workspace()
+    assert fused._WORKSPACE.bufs == {}
+
+
+@needs_kernel
+def test_routed_index_csr_and_its_input_checks():
+    ext = cpu_ext.load()
+    sel = torch.tensor([[[1, -1, 1], [0, 2, -1]], [[2, 2, 2], [-1, -1, 0]]])  # (BH=2, L=2, K=3)
+    group_ptr, rows, slots = ext.routed_index(sel, 3)
+    # groups (bh, c): (0,0):[row1] (0,1):[row0] (0,2):[row1] (1,0):[row3] (1,2):[row2]; duplicates dropped
+    assert group_ptr.tolist() == [0, 1, 2, 3, 4, 4, 5]
+    assert rows.tolist() == [1, 0, 1, 3, 2]
+    assert slots.tolist() == [3, 0, 4, 11, 6]
+    with pytest.raises(RuntimeError, match="expected -1 or 0..2"):
+        ext.routed_index(torch.tensor([[[3]]]), 3)
+    with pytest.raises(RuntimeError, match="int64"):
+        ext.routed_index(sel.int(), 3)
+
+
+def test_unbuildable_kernel_refused_by_name_and_passed_over_by_auto(monkeypatch):
+    monkeypatch.setitem(cpu_ext._STATE, "error", "no C++ compiler (test)")
+    monkeypatch.delitem(cpu_ext._STATE, "module", raising=False)
+    monkeypatch.setattr(impls, "_WARNED", set())
+    layout = TokenLayout.single_shot(text_tokens=2, frames=3, tokens_per_frame=4)
+    q, k, v = _qkv((1, 1, layout.num_tokens, 8), 7, torch.float32)
+    named = mocbench.get_backend("moc", impl="fused", top_k=1)
+    assert any("no C++ compiler (test)" in r for r in named.not_supported_reasons(q))
+    with pytest.raises(UnsupportedError, match=r"no C\+\+ compiler"):
+        named(q, k, v, layout)
+    auto = mocbench.get_backend("moc", top_k=1)
+    with pytest.warns(UserWarning, match="passing over 'fused'.*no C\\+\\+ compiler"):
+        plan = auto.prepare(q, k, layout)
+    assert plan.impl == "gather"
+
+
+def test_kernel_can_be_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("MOCBENCH_FUSED_CPU", "0")
+    with pytest.raises(RuntimeError, match="MOCBENCH_FUSED_CPU=0"):
+        cpu_ext._build()

@@ -1,9 +1,12 @@
 """Build and load the fused CPU MoC kernels (``csrc/moc_cpu.cpp``) at first use.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` (ninja + the system C++
-compiler, ``-O3 -march=native``) into torch's extension cache, under a name that includes a
-hash of the CPU's feature flags, so a cache shared between different machines never loads code
-built for another instruction set. The first build takes about a minute; later imports reuse it.
+compiler, ``-O3 -march=native``) into ``$MOCBENCH_EXT_DIR`` (default ``~/.cache/mocbench/ext``),
+under a name that hashes the source, the flags, the torch version and the CPU's feature flags,
+so a cache shared between machines or versions never loads code built for another. The first
+build takes under a minute; later processes import the built ``.so`` directly, without
+torch's build lock (a process killed while holding that lock would otherwise leave every later
+process waiting forever). A build lock older than ``_STALE_LOCK_S`` is treated as abandoned.
 
 ``MOCBENCH_FUSED_CPU=0`` turns the extension off (impl ``"fused"`` then reports itself
 unavailable with that reason). Any build or load failure is kept and reported the same way:
@@ -14,13 +17,19 @@ next exact implementation.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
 _SOURCE = Path(__file__).with_name("csrc") / "moc_cpu.cpp"
+# -fopenmp: at::parallel_for is an inline OpenMP region; without it the kernel runs on one thread.
+_CFLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+_STALE_LOCK_S = 600.0
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -37,11 +46,32 @@ def _cpu_signature() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
+def _name() -> str:
+    import torch
+
+    key = "\n".join([_SOURCE.read_text(), " ".join(_CFLAGS + _LDFLAGS), torch.__version__, _cpu_signature()])
+    return "mocbench_moc_cpu_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _import_built(name: str, so: Path) -> ModuleType:
+    import torch  # noqa: F401  (the extension links against libtorch, which must be loaded first)
+
+    spec = importlib.util.spec_from_file_location(name, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build() -> ModuleType:
     if os.environ.get("MOCBENCH_FUSED_CPU", "1") == "0":
         raise RuntimeError("disabled by MOCBENCH_FUSED_CPU=0")
     if not _SOURCE.is_file():
         raise RuntimeError(f"kernel source {_SOURCE} is missing from this installation")
+    name = _name()
+    build_dir = Path(os.environ.get("MOCBENCH_EXT_DIR") or Path.home() / ".cache" / "mocbench" / "ext") / name
+    so = build_dir / f"{name}.so"
+    if so.is_file():  # built before: import it directly (no build lock, no ninja run)
+        return _import_built(name, so)
     try:
         from torch.utils import cpp_extension
     except ImportError as exc:  # pragma: no cover - torch always ships it
@@ -50,11 +80,14 @@ def _build() -> ModuleType:
         cpp_extension.verify_ninja_availability()
     except RuntimeError as exc:
         raise RuntimeError("ninja is not installed (pip install ninja)") from exc
-    # -fopenmp: at::parallel_for is an inline OpenMP region; without it the kernel runs on one thread.
-    flags = ["-O3", "-march=native", "-std=c++17", "-fopenmp"]
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock = build_dir / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        lock.unlink(missing_ok=True)  # left by a process killed mid-build
     try:
-        return cpp_extension.load(name=f"mocbench_moc_cpu_{_cpu_signature()}", sources=[str(_SOURCE)],
-                                  extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
+        return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                                  build_directory=str(build_dir),
+                                  verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
     except Exception as exc:  # compiler missing, headers missing, link errors: all reported, never hidden
         msg = str(exc).strip().splitlines()
         raise RuntimeError(f"building the fused CPU kernel failed: {msg[-1] if msg else type(exc).__name__}") from exc

@@ -1,7 +1,7 @@
 """MoC impl 'fused' (C++ CPU kernel): behaviour beyond the oracle sweeps in test_moc_cpu_impls.py.
 
-Tile boundaries (groups larger than one tile, chunks larger than the score-tile budget), the
-reused slot workspace, the kernel's own input checks, and what happens when the kernel cannot
+Tile boundaries (groups larger than one tile, chunks larger than the score-tile budget), work
+items (row ranges) that cut groups, the kernel's own input checks, and what happens when the kernel cannot
 be built: impl="fused" refuses with the reason, impl="auto" warns and runs the next impl.
 """
 
@@ -45,6 +45,23 @@ def test_groups_span_several_tiles(dtype, tol):
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [1, 3])
+def test_row_range_work_items_cut_groups_exactly(threads):
+    """Many more row ranges than heads: every (bh, chunk) group is split across items."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        layout = TokenLayout.multi_shot(text_tokens=[3, 2], frames=[9, 8], tokens_per_frame=7)
+        plan = _vs_reference(layout, dict(top_k=4, chunking="frame", causal=False), (1, 1, layout.num_tokens, 16),
+                             8, torch.float64, 1e-10)
+        assert plan is not None
+        st = fused.prepare_fused(plan)
+        assert st.row_bounds.shape == (1, 4 * threads + 1)
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_kernel
 def test_chunks_larger_than_the_score_tile_budget():
     """A 1100-token shot chunk: tiles shrink to fit; values unchanged."""
     layout = TokenLayout.multi_shot(text_tokens=[2, 3, 2], frames=[11, 10, 9], tokens_per_frame=100)
@@ -66,34 +83,21 @@ def test_gradients_through_fused_backward_match_reference():
 
 
 @needs_kernel
-def test_slot_workspace_is_reused_and_results_do_not_alias_it():
-    fused.release_workspace()
-    layout = TokenLayout.single_shot(text_tokens=4, frames=6, tokens_per_frame=8)
-    backend = mocbench.get_backend("moc", impl="fused", top_k=2, chunking="frame")
-    q, k, v = _qkv((1, 2, layout.num_tokens, 8), 5, torch.float32)
-    first = backend(q, k, v, layout)
-    buf = fused._WORKSPACE.bufs[torch.float32]
-    q2, k2, v2 = _qkv((1, 2, layout.num_tokens, 8), 6, torch.float32)
-    backend(q2, k2, v2, layout)
-    assert fused._WORKSPACE.bufs[torch.float32] is buf  # same size: reused, not reallocated
-    assert torch.equal(first, backend(q, k, v, layout))  # the earlier result was not overwritten
-    fused.release_workspace()
-    assert fused._WORKSPACE.bufs == {}
-
-
-@needs_kernel
 def test_routed_index_csr_and_its_input_checks():
     ext = cpu_ext.load()
     sel = torch.tensor([[[1, -1, 1], [0, 2, -1]], [[2, 2, 2], [-1, -1, 0]]])  # (BH=2, L=2, K=3)
-    group_ptr, rows, slots = ext.routed_index(sel, 3)
+    group_ptr, rows, bounds = ext.routed_index(sel, 3, 2)
     # groups (bh, c): (0,0):[row1] (0,1):[row0] (0,2):[row1] (1,0):[row3] (1,2):[row2]; duplicates dropped
     assert group_ptr.tolist() == [0, 1, 2, 3, 4, 4, 5]
     assert rows.tolist() == [1, 0, 1, 3, 2]
-    assert slots.tolist() == [3, 0, 4, 11, 6]
+    # 2 ranges of rows per head, split at equal routed work: head 0 rows {0}:1 pair, {1}:2 pairs
+    assert bounds.tolist() == [[0, 1, 2], [2, 3, 4]]
     with pytest.raises(RuntimeError, match="expected -1 or 0..2"):
-        ext.routed_index(torch.tensor([[[3]]]), 3)
+        ext.routed_index(torch.tensor([[[3]]]), 3, 1)
     with pytest.raises(RuntimeError, match="int64"):
-        ext.routed_index(sel.int(), 3)
+        ext.routed_index(sel.int(), 3, 1)
+    with pytest.raises(RuntimeError, match="parts must be >= 1"):
+        ext.routed_index(sel, 3, 0)
 
 
 def test_unbuildable_kernel_refused_by_name_and_passed_over_by_auto(monkeypatch):

@@ -5,12 +5,15 @@ key sets merged by log-sum-exp), but the routed part runs in ``csrc/moc_cpu.cpp`
 
 1. **Anchors**: stacked flash calls, shared with ``gather`` (:func:`gather.anchor_forward`).
 2. **Routed chunks**: ``routed_index`` turns ``selected`` into a CSR of routed (query, chunk)
-   pairs per (batch*head, chunk) (prepare step, timed with routing); ``routed_attention`` walks
-   tiles of each group's queries, gathering them into a cache-resident buffer, and writes each
-   pair's normalised partial output and log-sum-exp into the query's slot ``row * K + k``.
+   pairs per (batch*head, chunk) and cuts each head's rows into ranges of about equal routed work
+   (prepare step, timed with routing). ``routed_attention`` gives each thread whole row ranges:
+   for every chunk it gathers the range's queries that routed there into a cache-resident tile,
+   attends the chunk's keys (two BLAS calls, vectorised softmax) and folds each row's partial into
+   its running output in place (online softmax across chunks). No (pairs x D) buffer exists.
    Chunks only partly un-anchored for some query (``fixed:m`` chunks spanning two shots with
-   ``local_anchor="shot"``) are computed with a key mask by :func:`gather._routed_piece`.
-3. **Merge**: ``merge_slots`` folds the K slots of every row into its anchor partial, in place.
+   ``local_anchor="shot"``) are computed with a key mask by :func:`gather._routed_piece` and
+   merged afterwards by log-sum-exp.
+3. Rows are owned by one thread each, so the in-place merge needs no atomics or locks.
 4. **Backward**: the exact flash-decomposition backward of ``gather`` (custom autograd.Function);
    its padded (bh, chunk) buckets are built on the first backward call, not in ``prepare``.
 
@@ -21,7 +24,6 @@ The kernel is built at first use (see :mod:`cpu_ext`); when it cannot be, this i
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -38,21 +40,21 @@ class FusedState:
     index: GatherIndex
     K: int  # routed slots per row
     group_ptr: torch.Tensor  # (BH*C+1,) CSR offsets of the (bh, chunk) groups
-    rows_e: torch.Tensor  # (E,) query row bh*L + i of every routed pair, grouped
-    slot_e: torch.Tensor  # (E,) slot row*K + k of every routed pair
+    rows_e: torch.Tensor  # (E,) query row bh*L + i of every routed pair, grouped, ascending in a group
+    row_bounds: torch.Tensor  # (BH, P+1) work items: P ranges of rows per bh with about equal routed pairs
     skip_c: torch.Tensor  # (C,) bool: partly anchored chunk, computed in Python with a mask
     offsets_c: torch.Tensor  # (C+1,) int64 chunk offsets in the chunk-sorted order
     _backward_groups: RoutedGroups | None = field(default=None, repr=False)
 
     def pieces(self, num_chunks: int):
-        """(bh, c, rows_n, slots_n) for every non-empty group of a partly anchored chunk."""
+        """(bh, c, rows_n) for every non-empty group of a partly anchored chunk."""
         out = []
         for c in self.skip_c.nonzero().flatten().tolist():
             for bh in range((self.group_ptr.numel() - 1) // num_chunks):
                 g = bh * num_chunks + c
                 lo, hi = int(self.group_ptr[g]), int(self.group_ptr[g + 1])
                 if hi > lo:
-                    out.append((bh, c, self.rows_e[lo:hi], self.slot_e[lo:hi]))
+                    out.append((bh, c, self.rows_e[lo:hi]))
         return out
 
     def backward_groups(self, selected: torch.Tensor, num_chunks: int) -> RoutedGroups:
@@ -67,32 +69,24 @@ def prepare_fused(plan) -> FusedState:
     C = plan.structure.num_chunks
     sel = plan.selected.cpu()
     B, H, L, K = sel.shape
-    group_ptr, rows_e, slot_e = ext.routed_index(sel.reshape(B * H, L, K), C)
-    return FusedState(idx, K, group_ptr, rows_e, slot_e, torch.tensor(idx.partial_c, dtype=torch.bool),
+    # work items: enough row ranges per head for dynamic scheduling to balance the threads
+    parts = max(1, -(-4 * torch.get_num_threads() // (B * H)))
+    group_ptr, rows_e, row_bounds = ext.routed_index(sel.reshape(B * H, L, K), C, parts)
+    return FusedState(idx, K, group_ptr, rows_e, row_bounds, torch.tensor(idx.partial_c, dtype=torch.bool),
                       torch.tensor(idx.offsets, dtype=torch.int64))
 
 
-_WORKSPACE = threading.local()
+def _merge_rows(out_rd, lse_r, rows_n, o_nd, lse_n) -> None:
+    """out[rows], lse[rows] <- exact log-sum-exp merge with the partial (o_nd, lse_n)."""
+    m_old = lse_r[rows_n]
+    new = torch.logaddexp(m_old, lse_n)
+    keep = torch.isfinite(new)
+    wa = torch.where(keep, (m_old - new).exp(), 1.0)
+    wp = torch.where(keep, (lse_n - new).exp(), 0.0)
+    out_rd[rows_n] = out_rd[rows_n] * wa[:, None] + o_nd * wp[:, None]
+    lse_r[rows_n] = torch.where(keep, new, m_old)
 
 
-def _slot_buffer(rows: int, D: int, dtype: torch.dtype) -> torch.Tensor:
-    """A (rows, D) scratch buffer reused across calls (per thread, per dtype). The slot buffer is
-    hundreds of MB at 32k tokens; allocating it afresh each call costs page faults on first touch
-    (~35 ms at 268 MB on the 2-core reference machine). Its contents never leave the forward pass."""
-    bufs = getattr(_WORKSPACE, "bufs", None)
-    if bufs is None:
-        bufs = _WORKSPACE.bufs = {}
-    need = rows * D
-    buf = bufs.get(dtype)
-    if buf is None or buf.numel() < need:
-        bufs[dtype] = buf = None  # drop the old one before allocating the larger
-        bufs[dtype] = buf = torch.empty(need, dtype=dtype)
-    return buf[:need].view(rows, D)
-
-
-def release_workspace() -> None:
-    """Free this thread's cached slot buffers."""
-    _WORKSPACE.bufs = {}
 
 
 class _MoCFusedFn(torch.autograd.Function):
@@ -106,16 +100,12 @@ class _MoCFusedFn(torch.autograd.Function):
         if K and state.rows_e.numel():
             q_rd = q_bld.reshape(BH * L, D)
             ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
-            o_slots = _slot_buffer(BH * L * K, D, q_bhld.dtype)
-            lse_slots = torch.full((BH * L * K,), float("-inf"), dtype=q_bhld.dtype)
-            ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.slot_e, state.offsets_c,
-                                 state.skip_c, float(scale), L, o_slots, lse_slots)
-            for bh, c, rows_n, slots_n in state.pieces(plan.structure.num_chunks):
+            ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.offsets_c, state.skip_c,
+                                 state.row_bounds, float(scale), L, out_rd, lse_r)
+            for bh, c, rows_n in state.pieces(plan.structure.num_chunks):  # partly anchored chunks
                 o, lse = _routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh],
                                        vs_rd.view(BH, L, D)[bh], plan, idx, c, rows_n, L, scale)
-                o_slots.index_copy_(0, slots_n, o.to(o_slots.dtype))
-                lse_slots.index_copy_(0, slots_n, lse.to(lse_slots.dtype))
-            ext.merge_slots(out_rd, lse_r, o_slots, lse_slots, K)
+                _merge_rows(out_rd, lse_r, rows_n, o.to(out_rd.dtype), lse.to(lse_r.dtype))
         ctx.plan, ctx.state, ctx.scale = plan, state, scale
         ctx.save_for_backward(q_bhld, k_bhld, v_bhld, out_rd, lse_r)
         ctx.mark_non_differentiable(lse_r)

@@ -3,17 +3,18 @@
 // The pure-PyTorch "gather" impl materialises, for every routed (query, chunk) pair, a copy of
 // the query, a padded batch for the flash kernel, the partial output, a concatenation and a
 // second gather for the merge: at 32k tokens and top_k=16 that is >1 GB of memory traffic for
-// ~0.25 s of arithmetic. Here each (batch*head, chunk) group is cut into tiles of routed queries;
-// a tile's queries are gathered into a thread-local buffer (cache resident), attend the chunk's
-// keys with two BLAS calls and a vectorised softmax, and the normalised partial output and its
-// log-sum-exp are written once, straight into the query's slot (row-major: row * K + slot).
-// merge_slots() then folds every row's slots into its anchor partial with the log-sum-exp
-// trick, exactly, in one pass.
+// ~0.25 s of arithmetic. Here the work is split into items (batch*head, range of query rows)
+// of about equal routed work; an item walks every chunk c, takes the queries of its row range
+// that routed to c (a sub-range of the (bh, c) CSR group, found by binary search), and in tiles
+// gathers them into a cache-resident buffer, attends c's keys with two BLAS calls and a
+// vectorised softmax, and folds each tile row's partial into that row's output with the
+// log-sum-exp trick, in place. An item owns its rows, so no two threads touch the same output
+// row and the running outputs stay in cache; nothing of size (pairs x D) is ever materialised.
 //
 // Exactness: every score is computed once, in the input dtype (float32 or float64), with the
-// row max subtracted before exp; partial outputs are normalised, merges are weighted by
-// exp(lse - max), as in flash attention. Groups of chunks flagged in `skip_c` (chunks that are
-// only partly un-anchored for some query) are left to the caller.
+// row max subtracted before exp; partials are merged as o <- o*exp(m - m') + o_p*exp(l_p - m'),
+// m' = logaddexp(m, l_p), as in flash attention. Groups of chunks flagged in `skip_c` (chunks
+// that are only partly un-anchored for some query) are left to the caller.
 //
 // Built at first use by mocbench/backends/moc/cpu_ext.py (torch.utils.cpp_extension, -march=native).
 
@@ -96,98 +97,92 @@ inline std::pair<T, T> softmax_row(T* row, int64_t m) {
   return {mx, sum};
 }
 
-struct Tile {
-  int64_t group, begin, end;  // pairs [begin, end) of `group`
-};
-
 template <typename T>
 void routed_attention_impl(const at::Tensor& q, const at::Tensor& ks, const at::Tensor& vs,
-                           const at::Tensor& group_ptr, const at::Tensor& rows_e, const at::Tensor& slot_e,
-                           const at::Tensor& offsets, const at::Tensor& skip_c, double scale_d, int64_t L,
-                           at::Tensor& o_slots, at::Tensor& lse_slots) {
-  const int64_t D = q.size(1), C = offsets.size(0) - 1, G = group_ptr.size(0) - 1;
+                           const at::Tensor& group_ptr, const at::Tensor& rows_e, const at::Tensor& offsets,
+                           const at::Tensor& skip_c, const at::Tensor& row_bounds, double scale_d, int64_t L,
+                           at::Tensor& out, at::Tensor& lse) {
+  const int64_t D = q.size(1), C = offsets.size(0) - 1;
+  const int64_t BH = row_bounds.size(0), P = row_bounds.size(1) - 1;
   const T* qp = q.data_ptr<T>();
   const T* kp = ks.data_ptr<T>();
   const T* vp = vs.data_ptr<T>();
   const int64_t* gp = group_ptr.data_ptr<int64_t>();
   const int64_t* rows = rows_e.data_ptr<int64_t>();
-  const int64_t* slots = slot_e.data_ptr<int64_t>();
   const int64_t* off = offsets.data_ptr<int64_t>();
+  const int64_t* rb = row_bounds.data_ptr<int64_t>();
   const bool* skip = skip_c.data_ptr<bool>();
-  T* op = o_slots.data_ptr<T>();
-  T* lp = lse_slots.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  T* lsep = lse.data_ptr<T>();
   const T scale = static_cast<T>(scale_d);
 
-  // Tiles: at most `rows_per_tile` routed queries of one group, so the score tile stays ~1 MB.
+  // Tiles: at most `rows_per_tile` routed queries, so the score tile stays ~1 MB.
   int64_t max_m = 1;
   for (int64_t c = 0; c < C; ++c) max_m = std::max(max_m, off[c + 1] - off[c]);
   const int64_t rows_per_tile = std::clamp<int64_t>((int64_t(1) << 18) / max_m, 16, 256);
-  std::vector<Tile> tiles;
-  for (int64_t g = 0; g < G; ++g) {
-    if (skip[g % C]) continue;
-    for (int64_t b = gp[g]; b < gp[g + 1]; b += rows_per_tile) tiles.push_back({g, b, std::min(gp[g + 1], b + rows_per_tile)});
-  }
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t t0, int64_t t1) {
+  const int64_t items = BH * P;
+  const int threads = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), items));
+
+#pragma omp parallel num_threads(threads)
+  {
+    using V = Vectorized<T>;
     std::vector<T> q_buf(rows_per_tile * D), s_buf(rows_per_tile * max_m), o_buf(rows_per_tile * D);
     std::vector<std::pair<T, T>> stats(rows_per_tile);  // per row: (max, sum) of the scaled scores
-    for (int64_t t = t0; t < t1; ++t) {
-      const Tile& tile = tiles[t];
-      const int64_t bh = tile.group / C, c = tile.group % C;
-      const int n = static_cast<int>(tile.end - tile.begin);
-      const int m = static_cast<int>(off[c + 1] - off[c]);
-      const int d = static_cast<int>(D);
-      const T* k_md = kp + (bh * L + off[c]) * D;  // the chunk's keys: contiguous (chunk-sorted)
-      const T* v_md = vp + (bh * L + off[c]) * D;
-      for (int i = 0; i < n; ++i)  // gather the tile's queries, pre-scaled
-        at::vec::map([scale](Vectorized<T> x) { return x * Vectorized<T>(scale); }, q_buf.data() + int64_t(i) * D,
-                     qp + rows[tile.begin + i] * D, D);
-      // S (n x m, row-major) = Q K^T  <=>  column-major S^T (m x n) = K (m x D)^T-view * Q^T.
-      gemm('T', 'N', m, n, d, k_md, d, q_buf.data(), d, s_buf.data(), m);
-      for (int i = 0; i < n; ++i) stats[i] = softmax_row<T>(s_buf.data() + int64_t(i) * m, m);
-      // O (n x D, row-major) = P V  <=>  column-major O^T (D x n) = V^T (D x m) * P^T (m x n).
-      gemm('N', 'N', d, n, m, v_md, d, s_buf.data(), m, o_buf.data(), d);
-      for (int i = 0; i < n; ++i) {
-        const int64_t slot = slots[tile.begin + i];
-        const T inv = T(1) / stats[i].second;
-        at::vec::map([inv](Vectorized<T> x) { return x * Vectorized<T>(inv); }, op + slot * D,
-                     o_buf.data() + int64_t(i) * D, D);
-        lp[slot] = stats[i].first + std::log(stats[i].second);
+    std::vector<T> m_run, l_run;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t bh = item / P, p = item % P;
+      const int64_t r0 = rb[bh * (P + 1) + p], r1 = rb[bh * (P + 1) + p + 1];
+      if (r0 >= r1) continue;
+      // Running state of the item's rows: output rows hold sum_j exp(s_j - m) v_j, l = sum_j exp(s_j - m).
+      // On entry they hold the anchor partial (normalised output, LSE): m = LSE, l = 1 states exactly that.
+      m_run.assign(lsep + r0, lsep + r1);
+      l_run.assign(r1 - r0, T(1));
+      for (int64_t c = 0; c < C; ++c) {
+        if (skip[c]) continue;
+        const int64_t g = bh * C + c;
+        const int64_t lo = std::lower_bound(rows + gp[g], rows + gp[g + 1], r0) - rows;
+        const int64_t hi = std::lower_bound(rows + lo, rows + gp[g + 1], r1) - rows;
+        const int m = static_cast<int>(off[c + 1] - off[c]);
+        const int d = static_cast<int>(D);
+        const T* k_md = kp + (bh * L + off[c]) * D;  // the chunk's keys: contiguous (chunk-sorted)
+        const T* v_md = vp + (bh * L + off[c]) * D;
+        for (int64_t b = lo; b < hi; b += rows_per_tile) {
+          const int n = static_cast<int>(std::min(hi, b + rows_per_tile) - b);
+          for (int i = 0; i < n; ++i)  // gather the tile's queries, pre-scaled
+            at::vec::map([scale](V x) { return x * V(scale); }, q_buf.data() + int64_t(i) * D, qp + rows[b + i] * D, D);
+          // S (n x m, row-major) = Q K^T  <=>  column-major S^T (m x n) = K (m x D)^T-view * Q^T.
+          gemm('T', 'N', m, n, d, k_md, d, q_buf.data(), d, s_buf.data(), m);
+          for (int i = 0; i < n; ++i) stats[i] = softmax_row<T>(s_buf.data() + int64_t(i) * m, m);
+          // O (n x D, row-major) = P V  <=>  column-major O^T (D x n) = V^T (D x m) * P^T (m x n).
+          gemm('N', 'N', d, n, m, v_md, d, s_buf.data(), m, o_buf.data(), d);
+          for (int i = 0; i < n; ++i) {  // fold the partial into the row's running state
+            const int64_t r = rows[b + i];
+            T* acc = outp + r * D;
+            const T* o = o_buf.data() + int64_t(i) * D;
+            T& run_m = m_run[r - r0];
+            T& run_l = l_run[r - r0];
+            const T mx = stats[i].first, sum = stats[i].second;
+            if (mx > run_m) {  // rescale the running sum to the new reference
+              const T w = std::exp(run_m - mx);
+              at::vec::map2([w](V a, V x) { return a * V(w) + x; }, acc, acc, o, D);
+              run_l = run_l * w + sum;
+              run_m = mx;
+            } else {
+              const T w = std::exp(mx - run_m);
+              at::vec::map2([w](V a, V x) { return a + x * V(w); }, acc, acc, o, D);
+              run_l += sum * w;
+            }
+          }
+        }
+      }
+      for (int64_t r = r0; r < r1; ++r) {  // normalise; LSE = m + log(l)
+        const T inv = T(1) / l_run[r - r0];
+        at::vec::map([inv](V a) { return a * V(inv); }, outp + r * D, outp + r * D, D);
+        lsep[r] = m_run[r - r0] + std::log(l_run[r - r0]);
       }
     }
-  });
-}
-
-template <typename T>
-void merge_slots_impl(at::Tensor& out, at::Tensor& lse, const at::Tensor& o_slots, const at::Tensor& lse_slots,
-                      int64_t K) {
-  const int64_t R = out.size(0), D = out.size(1);
-  T* outp = out.data_ptr<T>();
-  T* lsep = lse.data_ptr<T>();
-  const T* op = o_slots.data_ptr<T>();
-  const T* lp = lse_slots.data_ptr<T>();
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  at::parallel_for(0, R, 256, [&](int64_t r0, int64_t r1) {
-    using V = Vectorized<T>;
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* l = lp + r * K;
-      T mx = lsep[r];
-      for (int64_t k = 0; k < K; ++k) mx = std::max(mx, l[k]);
-      if (mx == neg_inf) continue;  // nothing attended (never produced by MoC routing)
-      T* o = outp + r * D;
-      const T wa = std::exp(lsep[r] - mx);
-      T sum = wa;
-      at::vec::map([wa](V x) { return x * V(wa); }, o, o, D);
-      for (int64_t k = 0; k < K; ++k) {
-        if (l[k] == neg_inf) continue;  // empty slot
-        const T w = std::exp(l[k] - mx);
-        sum += w;
-        at::vec::map2([w](V acc, V x) { return acc + x * V(w); }, o, o, op + (r * K + k) * D, D);
-      }
-      const T inv = T(1) / sum;
-      at::vec::map([inv](V x) { return x * V(inv); }, o, o, D);
-      lsep[r] = mx + std::log(sum);
-    }
-  });
+  }
 }
 
 void check_2d(const at::Tensor& t, const char* name, at::ScalarType dt) {
@@ -199,10 +194,13 @@ void check_2d(const at::Tensor& t, const char* name, at::ScalarType dt) {
 }  // namespace
 
 // Routing (B*H, L, K) -> CSR by (bh, chunk): group_ptr (BH*C+1), rows_e (E,) = bh*L + i (ascending
-// within a group), slot_e (E,) = (bh*L + i)*K + k. -1 entries and repeated chunks in a row are dropped.
-std::vector<at::Tensor> routed_index(const at::Tensor& selected, int64_t num_chunks) {
+// within a group), and row_bounds (BH, P+1): for each bh, P contiguous ranges of rows holding about
+// equal numbers of routed pairs (the work items of routed_attention). -1 entries and repeated
+// chunks in a row are dropped.
+std::vector<at::Tensor> routed_index(const at::Tensor& selected, int64_t num_chunks, int64_t parts) {
   TORCH_CHECK(selected.device().is_cpu() && selected.dim() == 3 && selected.scalar_type() == at::kLong,
               "selected must be a (B*H, L, K) int64 CPU tensor, got ", selected.sizes(), " ", selected.scalar_type());
+  TORCH_CHECK(parts >= 1, "parts must be >= 1, got ", parts);
   const at::Tensor sel = selected.contiguous();
   const int64_t BH = sel.size(0), L = sel.size(1), K = sel.size(2), C = num_chunks;
   const int64_t* s = sel.data_ptr<int64_t>();
@@ -226,59 +224,59 @@ std::vector<at::Tensor> routed_index(const at::Tensor& selected, int64_t num_chu
   }
   at::Tensor group_ptr = counts.cumsum(0);
   const int64_t E = group_ptr[BH * C].item<int64_t>();
-  at::Tensor rows_e = at::empty({E}, at::kLong), slot_e = at::empty({E}, at::kLong);
+  at::Tensor rows_e = at::empty({E}, at::kLong);
   std::vector<int64_t> fill(group_ptr.data_ptr<int64_t>(), group_ptr.data_ptr<int64_t>() + BH * C);
   int64_t* rp = rows_e.data_ptr<int64_t>();
-  int64_t* sp = slot_e.data_ptr<int64_t>();
-  for (int64_t r = 0; r < BH * L; ++r) {
-    const int64_t bh = r / L;
-    for (int64_t k = 0; k < K; ++k) {
-      if (!keep[r * K + k]) continue;
-      const int64_t pos = fill[bh * C + s[r * K + k]]++;
-      rp[pos] = r;
-      sp[pos] = r * K + k;
+  at::Tensor row_bounds = at::empty({BH, parts + 1}, at::kLong);
+  int64_t* rb = row_bounds.data_ptr<int64_t>();
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    int64_t total = 0;
+    for (int64_t e = bh * L * K; e < (bh + 1) * L * K; ++e) total += keep[e];
+    int64_t done = 0, p = 1;
+    rb[bh * (parts + 1)] = bh * L;
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t r = bh * L + i;
+      int64_t cnt = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        if (!keep[r * K + k]) continue;
+        rp[fill[bh * C + s[r * K + k]]++] = r;
+        ++cnt;
+      }
+      // a range ends before row r when r's midpoint lies past the range's share of the work
+      while (p < parts && (2 * done + cnt) * parts > 2 * total * p) rb[bh * (parts + 1) + p++] = r;
+      done += cnt;
     }
+    while (p <= parts) rb[bh * (parts + 1) + p++] = (bh + 1) * L;
   }
-  return {group_ptr, rows_e, slot_e};
+  return {group_ptr, rows_e, row_bounds};
 }
 
-// Partial attention of every routed (query, chunk) pair of the non-skipped groups, written into
-// o_slots (BH*L*K, D) and lse_slots (BH*L*K,) at slot_e. Other slots are left untouched.
+// Routed partial attention of every non-skipped group, merged in place into out (BH*L, D) and
+// lse (BH*L,), which hold the anchor partials on entry and the MoC output and LSE on return.
 void routed_attention(const at::Tensor& q, const at::Tensor& ks, const at::Tensor& vs, const at::Tensor& group_ptr,
-                      const at::Tensor& rows_e, const at::Tensor& slot_e, const at::Tensor& offsets,
-                      const at::Tensor& skip_c, double scale, int64_t L, at::Tensor o_slots, at::Tensor lse_slots) {
+                      const at::Tensor& rows_e, const at::Tensor& offsets, const at::Tensor& skip_c,
+                      const at::Tensor& row_bounds, double scale, int64_t L, at::Tensor out, at::Tensor lse) {
   const auto dt = q.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "q must be float32 or float64, got ", dt);
   check_2d(q, "q", dt);
   check_2d(ks, "ks", dt);
   check_2d(vs, "vs", dt);
-  check_2d(o_slots, "o_slots", dt);
-  TORCH_CHECK(lse_slots.is_contiguous() && lse_slots.scalar_type() == dt, "lse_slots must be contiguous ", dt);
+  check_2d(out, "out", dt);
+  TORCH_CHECK(lse.is_contiguous() && lse.scalar_type() == dt && lse.numel() == out.size(0),
+              "lse must be a contiguous ", dt, " vector with one entry per output row");
   TORCH_CHECK(skip_c.scalar_type() == at::kBool && skip_c.numel() == offsets.numel() - 1,
               "skip_c must be a bool tensor with one entry per chunk");
+  TORCH_CHECK(row_bounds.dim() == 2 && row_bounds.scalar_type() == at::kLong && row_bounds.is_contiguous(),
+              "row_bounds must be a contiguous (BH, P+1) int64 tensor");
   if (dt == at::kFloat)
-    routed_attention_impl<float>(q, ks, vs, group_ptr, rows_e, slot_e, offsets, skip_c, scale, L, o_slots, lse_slots);
+    routed_attention_impl<float>(q, ks, vs, group_ptr, rows_e, offsets, skip_c, row_bounds, scale, L, out, lse);
   else
-    routed_attention_impl<double>(q, ks, vs, group_ptr, rows_e, slot_e, offsets, skip_c, scale, L, o_slots, lse_slots);
-}
-
-// out (R, D), lse (R,): anchor partial, merged in place with the K slots of every row.
-void merge_slots(at::Tensor out, at::Tensor lse, const at::Tensor& o_slots, const at::Tensor& lse_slots, int64_t K) {
-  const auto dt = out.scalar_type();
-  check_2d(out, "out", dt);
-  check_2d(o_slots, "o_slots", dt);
-  TORCH_CHECK(o_slots.size(0) == out.size(0) * K && lse.numel() == out.size(0) && lse_slots.numel() == o_slots.size(0),
-              "merge_slots: shapes disagree");
-  if (dt == at::kFloat)
-    merge_slots_impl<float>(out, lse, o_slots, lse_slots, K);
-  else
-    merge_slots_impl<double>(out, lse, o_slots, lse_slots, K);
+    routed_attention_impl<double>(q, ks, vs, group_ptr, rows_e, offsets, skip_c, row_bounds, scale, L, out, lse);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mocbench fused CPU kernels for Mixture of Contexts";
   m.def("routed_index", &routed_index, "CSR of routed (query, chunk) pairs by (bh, chunk)");
-  m.def("routed_attention", &routed_attention, "partial attention of routed pairs into slots");
-  m.def("merge_slots", &merge_slots, "exact log-sum-exp merge of anchor partials with routed slots");
+  m.def("routed_attention", &routed_attention, "routed partial attention merged in place into (out, lse)");
   m.def("cpu_capability", []() { return std::string(C10_STRINGIZE(CPU_CAPABILITY)); });
 }

@@ -18,6 +18,8 @@ from mocbench.backends.moc.flex import flex_forward, prepare_flex
 from mocbench.backends.moc.fused import fused_forward, prepare_fused
 from mocbench.backends.moc.gather import gather_forward, prepare_gather
 from mocbench.backends.moc.reference import reference_forward
+from mocbench.backends.moc.triton_impl import prepare_triton, triton_forward
+from mocbench.backends.moc.triton_impl import unavailable_reason as triton_unavailable
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ IMPLS: dict[str, MoCImpl] = {
                      "CPU: anchors as stacked blocks + a C++ kernel (built at first use) that attends tiles of "
                      "routed queries chunk by chunk and merges slots by log-sum-exp; exact; custom backward",
                      prepare=prepare_fused, backward_devices=("cpu",), unavailable=cpu_ext.unavailable_reason),
+    "triton": MoCImpl("triton", triton_forward, ("cuda",),
+                      "CUDA: Triton kernels reading the routing CSR (anchor and routed partials, exact LSE merge, "
+                      "atomic backward); float32/float16/bfloat16. Checked in Triton's interpreter on CPU; "
+                      "not yet measured on a GPU, so not the CUDA default", prepare=prepare_triton,
+                      backward_devices=("cuda",), unavailable=triton_unavailable),
 }
 # What impl="auto" runs, per device type: the fastest exact implementation first.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {

@@ -45,11 +45,20 @@ def test_speedup_is_against_the_dense_row_of_the_same_cell(tmp_path):
     assert list(pivot.columns[-3:]) == ["dense", "moc(top_k=2)", "shot_local"] and "(8.00x)" in pivot.iloc[-1, -2]
 
 
+def test_scaling_slopes_are_log_log_fits_per_backend(tmp_path):
+    scaling = build_tables(load_table(synthetic_store(tmp_path / "r.csv")))["scaling"].set_index("backend")
+    assert scaling.loc["dense", "slope vs shots"] == pytest.approx(2.0)  # 2 * shots^2
+    assert scaling.loc["dense", "slope vs tokens"] == pytest.approx(2.0)
+    assert scaling.loc["moc(top_k=2)", "slope vs shots"] == pytest.approx(1.0)
+    assert scaling.loc["moc(top_k=2)", "shots"] == "1-2-4" and scaling.loc["moc(top_k=2)", "tokens"] == "100-400"
+    assert "xformers" not in scaling.index  # skipped cells have no latency
+
+
 def test_report_writes_tables_figures_and_env(tmp_path, capsys):
     store = synthetic_store(tmp_path / "r.csv")
     assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
     rep = tmp_path / "rep"
-    for name in ("latency", "latency_pivot", "flops", "status"):
+    for name in ("latency", "latency_pivot", "flops", "scaling", "status"):
         for suffix in (".md", ".tex", ".csv"):
             assert (rep / "tables" / f"{name}{suffix}").stat().st_size > 0
     for stem in ("latency_vs_shots", "speedup_vs_sparsity"):

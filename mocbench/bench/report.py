@@ -4,7 +4,7 @@ Layout of ``out_dir``::
 
     report.md                      every table + figure links + environment
     env.json                       the distinct environments the rows were measured in
-    tables/{latency,latency_pivot,flops,status}.{md,tex,csv}
+    tables/{latency,latency_pivot,flops,scaling,status}.{md,tex,csv}
     figures/{latency_vs_shots,speedup_vs_sparsity}.{png,pdf}
 """
 
@@ -22,6 +22,8 @@ TABLES = {
     "latency_pivot": ("Total latency per layer in ms (speed-up vs {ref}) by shots and tokens", tables.latency_pivot),
     "latency": ("Latency (median and IQR, ms), speed-up vs {ref}, effective TFLOP/s", tables.latency_table),
     "flops": ("FLOPs per layer: measured vs analytic, and sparsity", tables.flops_table),
+    "scaling": ("Scaling: log-log slope of total latency vs shots and vs tokens (1 = linear, 2 = quadratic)",
+                tables.scaling_table),
     "status": ("Skipped and failed cells with their reasons", tables.status_table),
 }
 

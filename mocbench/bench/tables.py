@@ -6,6 +6,7 @@ minimal Markdown / LaTeX writers for them (no measuring here).
 * :func:`latency_table`  long table: prepare / forward / total (median ± IQR), speed-up, TFLOP/s
 * :func:`latency_pivot`  tokens/shots x backend: "total ms (speed-up)"
 * :func:`flops_table`    measured vs analytic FLOPs and sparsity
+* :func:`scaling_table`  log-log slope of total latency vs shots and vs tokens, per backend
 * :func:`status_table`   skipped / failed cells with their reasons
 """
 
@@ -74,6 +75,31 @@ def flops_table(df: pd.DataFrame) -> pd.DataFrame:
             "dense_over_total": "dense/total"}
     return ok.drop_duplicates(["workload", "shots", "frames", "tokens", "label", "batch", "heads", "head_dim"])[
         list(cols)].rename(columns=cols).reset_index(drop=True)
+
+
+def _loglog_slope(x, y) -> float:
+    lx, ly = [math.log(float(a)) for a in x], [math.log(float(b)) for b in y]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    var = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / var if var > 0 else float("nan")
+
+
+def scaling_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (workload, device, dtype, pass, backend) with >= 2 shot counts: least-squares slope of
+    log(total ms) against log(shots) and against log(tokens). 1 is linear scaling, 2 quadratic
+    (dense attention); the paper's claim is near-linear for MoC."""
+    ok = _ok_sorted(df)
+    rows = []
+    for key, grp in ok.groupby(["workload", "device", "dtype", "pass", "label"], sort=False):
+        grp = grp.drop_duplicates("shots", keep="last")
+        if grp["shots"].nunique() < 2:
+            continue
+        rows.append({"workload": key[0], "device": key[1], "dtype": key[2], "pass": key[3], "backend": key[4],
+                     "shots": "-".join(str(int(s)) for s in grp["shots"]),
+                     "tokens": f"{int(grp['tokens'].min())}-{int(grp['tokens'].max())}",
+                     "slope vs shots": _loglog_slope(grp["shots"], grp["total_ms"]),
+                     "slope vs tokens": _loglog_slope(grp["tokens"], grp["total_ms"])})
+    return pd.DataFrame(rows)
 
 
 def status_table(df: pd.DataFrame) -> pd.DataFrame:

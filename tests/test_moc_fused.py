@@ -120,3 +120,25 @@ def test_kernel_can_be_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("MOCBENCH_FUSED_CPU", "0")
     with pytest.raises(RuntimeError, match="MOCBENCH_FUSED_CPU=0"):
         cpu_ext._build()
+
+
+def test_build_clears_a_lock_left_by_a_killed_builder(monkeypatch, tmp_path):
+    """torch's build lock file from a dead process must not block the next build (it would wait forever)."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("MOCBENCH_EXT_DIR", str(tmp_path))
+    build_dir = tmp_path / cpu_ext._name()
+    build_dir.mkdir()
+    (build_dir / "lock").write_text("")
+    (build_dir / f"{cpu_ext._name()}.so").write_text("not a shared object")  # a broken leftover
+    seen = {}
+
+    def fake_load(**kw):
+        seen.update(kw, lock_left=(build_dir / "lock").exists(), so_left=(build_dir / f"{cpu_ext._name()}.so").exists())
+        return "built"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setattr(cpp_extension, "verify_ninja_availability", lambda: None)
+    assert cpu_ext._build() == "built"
+    assert not seen["lock_left"] and not seen["so_left"] and seen["build_directory"] == str(build_dir)
+    assert "-fopenmp" in seen["extra_cflags"] and "-march=native" in seen["extra_cflags"]

@@ -18,10 +18,14 @@ import torch
 
 from mocbench.bench.config import BackendEntry, BenchConfig, WorkloadConfig, expand_cells
 from mocbench.bench.runner import skip_reasons
+from mocbench.backends.moc.impls import IMPLS
 from mocbench.bench.validate import small_layout, validate_backend
 from mocbench.registry import get_backend, list_backends
 
 PARAMS = {"moc": {"top_k": 2, "chunking": "frame"}, "strided": {"stride": 2}}
+# every backend with its default params, plus each MoC implementation by name ("moc" alone is impl="auto")
+CASES = {name: (name, PARAMS.get(name, {})) for name in list_backends()}
+CASES.update({f"moc-{impl}": ("moc", {**PARAMS["moc"], "impl": impl}) for impl in IMPLS if impl != "reference"})
 SHAPES = {  # id -> workload fields; tiny so that --benchmark-disable runs in seconds on a CPU
     "1shot": dict(shots=[1], frames=[4], tokens_per_frame=16, text_tokens=8, heads=2, head_dim=32),
     "4shot": dict(shots=[4], frames=[2], tokens_per_frame=16, text_tokens=8, heads=2, head_dim=32),
@@ -29,18 +33,19 @@ SHAPES = {  # id -> workload fields; tiny so that --benchmark-disable runs in se
 DEVICES = [("cpu", "float32")] + ([("cuda", "bfloat16")] if torch.cuda.is_available() else [])
 
 
-def _cell(name: str, shape: dict, device: str, dtype: str):
-    cfg = BenchConfig(name="pytest", backends=[BackendEntry(name=name, params=PARAMS.get(name, {}))],
+def _cell(name: str, params: dict, shape: dict, device: str, dtype: str):
+    cfg = BenchConfig(name="pytest", backends=[BackendEntry(name=name, params=params)],
                       workloads=[WorkloadConfig(name="pytest", device=device, dtype=dtype, **shape)])
     return expand_cells(cfg)[0]
 
 
 @pytest.mark.parametrize("device, dtype", DEVICES, ids=[d for d, _ in DEVICES])
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
-@pytest.mark.parametrize("name", list_backends())
-def test_backend_forward(benchmark, name, shape, device, dtype):
+@pytest.mark.parametrize("case", list(CASES))
+def test_backend_forward(benchmark, case, shape, device, dtype):
     """Skip with reasons, validate against the float64 masked reference, then time prepare+forward."""
-    cell = _cell(name, SHAPES[shape], device, dtype)
+    name, params = CASES[case]
+    cell = _cell(name, params, SHAPES[shape], device, dtype)
     backend = get_backend(name, **cell.params)
     reasons = skip_reasons(backend, cell)
     if reasons:

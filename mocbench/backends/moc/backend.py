@@ -57,6 +57,10 @@ class MoCBackend(AttentionBackend):
                 reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {dtype}")
             elif (why := impl.unavailable_reason()) is not None:
                 reasons.append(f"impl {impl.name!r}: {why}")
+            elif impl.dtypes is not None and (dt := q.dtype if q is not None else kw.get("dtype")) is not None \
+                    and dt not in impl.dtypes:
+                reasons.append(f"impl {impl.name!r} takes {', '.join(str(d).removeprefix('torch.') for d in impl.dtypes)}"
+                               f", not {str(dt).removeprefix('torch.')}")
             elif grad and dtype not in impl.backward_devices:
                 reasons.append(f"impl {impl.name!r} has no backward pass on {dtype} (inputs require grad)")
         return reasons

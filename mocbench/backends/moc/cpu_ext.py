@@ -5,8 +5,9 @@ compiler, ``-O3 -march=native``) into ``$MOCBENCH_EXT_DIR`` (default ``~/.cache/
 under a name that hashes the source, the flags, the torch version and the CPU's feature flags,
 so a cache shared between machines or versions never loads code built for another. The first
 build takes under a minute; later processes import the built ``.so`` directly, without
-torch's build lock (a process killed while holding that lock would otherwise leave every later
-process waiting forever). A build lock older than ``_STALE_LOCK_S`` is treated as abandoned.
+torch's build lock. Builds are serialised with an ``flock`` on ``build.flock`` (released by the
+kernel if the builder dies), under which torch's own lock file, if a killed builder left one, is
+removed: torch's lock alone would leave every later process waiting forever.
 
 ``MOCBENCH_FUSED_CPU=0`` turns the extension off (impl ``"fused"`` then reports itself
 unavailable with that reason). Any build or load failure is kept and reported the same way:
@@ -16,12 +17,12 @@ next exact implementation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import platform
 import threading
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -29,7 +30,6 @@ _SOURCE = Path(__file__).with_name("csrc") / "moc_cpu.cpp"
 # -fopenmp: at::parallel_for is an inline OpenMP region; without it the kernel runs on one thread.
 _CFLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_STALE_LOCK_S = 600.0
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -71,7 +71,10 @@ def _build() -> ModuleType:
     build_dir = Path(os.environ.get("MOCBENCH_EXT_DIR") or Path.home() / ".cache" / "mocbench" / "ext") / name
     so = build_dir / f"{name}.so"
     if so.is_file():  # built before: import it directly (no build lock, no ninja run)
-        return _import_built(name, so)
+        try:
+            return _import_built(name, so)
+        except (ImportError, OSError):
+            pass  # a builder killed mid-link can leave a broken file: rebuild below
     try:
         from torch.utils import cpp_extension
     except ImportError as exc:  # pragma: no cover - torch always ships it
@@ -81,16 +84,36 @@ def _build() -> ModuleType:
     except RuntimeError as exc:
         raise RuntimeError("ninja is not installed (pip install ninja)") from exc
     build_dir.mkdir(parents=True, exist_ok=True)
-    lock = build_dir / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
-        lock.unlink(missing_ok=True)  # left by a process killed mid-build
+    with _build_lock(build_dir / "build.flock"):
+        if so.is_file():  # another process built it while we waited (or a broken leftover)
+            try:
+                return _import_built(name, so)
+            except (ImportError, OSError):
+                so.unlink()
+        (build_dir / "lock").unlink(missing_ok=True)  # torch's baton, left by a builder that was killed
+        try:
+            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
+                                      extra_ldflags=_LDFLAGS, build_directory=str(build_dir),
+                                      verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
+        except Exception as exc:  # compiler missing, headers missing, link errors: all reported, never hidden
+            msg = str(exc).strip().splitlines()
+            raise RuntimeError(f"building the fused CPU kernel failed: {msg[-1] if msg else type(exc).__name__}") \
+                from exc
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path):
     try:
-        return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
-                                  build_directory=str(build_dir),
-                                  verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
-    except Exception as exc:  # compiler missing, headers missing, link errors: all reported, never hidden
-        msg = str(exc).strip().splitlines()
-        raise RuntimeError(f"building the fused CPU kernel failed: {msg[-1] if msg else type(exc).__name__}") from exc
+        import fcntl
+    except ImportError:  # not POSIX: rely on torch's own lock
+        yield
+        return
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load() -> ModuleType:

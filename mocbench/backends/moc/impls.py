@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from mocbench.backends.moc import cpu_ext
 from mocbench.backends.moc.flex import flex_forward, prepare_flex
 from mocbench.backends.moc.fused import fused_forward, prepare_fused
@@ -34,6 +36,7 @@ class MoCImpl:
     backward_devices: tuple[str, ...] = ("cpu", "cuda")
     # Optional check run before use: None when usable, else the reason it is not.
     unavailable: Callable[[], str | None] | None = None
+    dtypes: tuple[torch.dtype, ...] | None = None  # None: every dtype the backend takes
 
     def unavailable_reason(self) -> str | None:
         return self.unavailable() if self.unavailable is not None else None
@@ -58,7 +61,8 @@ IMPLS: dict[str, MoCImpl] = {
                       "CUDA: Triton kernels reading the routing CSR (anchor and routed partials, exact LSE merge, "
                       "atomic backward); float32/float16/bfloat16. Checked in Triton's interpreter on CPU; "
                       "not yet measured on a GPU, so not the CUDA default", prepare=prepare_triton,
-                      backward_devices=("cuda",), unavailable=triton_unavailable),
+                      backward_devices=("cuda",), unavailable=triton_unavailable,
+                      dtypes=(torch.float32, torch.float16, torch.bfloat16)),
 }
 # What impl="auto" runs, per device type: the fastest exact implementation first.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {

@@ -96,9 +96,11 @@ def _build() -> ModuleType:
                                       extra_ldflags=_LDFLAGS, build_directory=str(build_dir),
                                       verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
         except Exception as exc:  # compiler missing, headers missing, link errors: all reported, never hidden
-            msg = str(exc).strip().splitlines()
-            raise RuntimeError(f"building the fused CPU kernel failed: {msg[-1] if msg else type(exc).__name__}") \
-                from exc
+            lines = str(exc).strip().splitlines()
+            first_error = next((ln.strip() for ln in lines if "error" in ln.lower()), None)
+            why = first_error or (lines[-1] if lines else type(exc).__name__)
+            raise RuntimeError(f"building the fused CPU kernel failed: {why} (MOCBENCH_FUSED_CPU_VERBOSE=1 shows "
+                               "the compiler output)") from exc
 
 
 @contextlib.contextmanager

@@ -14,8 +14,10 @@ key sets merged by log-sum-exp), but the routed part runs in ``csrc/moc_cpu.cpp`
    ``local_anchor="shot"``) are computed with a key mask by :func:`gather._routed_piece` and
    merged afterwards by log-sum-exp.
 3. Rows are owned by one thread each, so the in-place merge needs no atomics or locks.
-4. **Backward**: the exact flash-decomposition backward of ``gather`` (custom autograd.Function);
-   its padded (bh, chunk) buckets are built on the first backward call, not in ``prepare``.
+4. **Backward** (custom autograd.Function): anchors through ATen's flash backward
+   (:func:`gather.anchor_backward`); routed chunks in ``routed_backward``, which recomputes each
+   tile's probabilities from the final LSE and accumulates dk, dv per chunk (one writer per chunk)
+   and dq in per-thread buffers (flash attention's decomposition: each partial's exact share).
 
 float32 and float64 run natively; bfloat16/float16 are computed in float32 and rounded once.
 The kernel is built at first use (see :mod:`cpu_ext`); when it cannot be, this impl reports why.
@@ -24,13 +26,13 @@ The kernel is built at first use (see :mod:`cpu_ext`); when it cannot be, this i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.gather import _routed_piece, _sorted_kv, anchor_forward, gather_backward
-from mocbench.backends.moc.gather_index import GatherIndex, RoutedGroups, gather_index, routed_groups
+from mocbench.backends.moc.gather import _routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward, anchor_forward
+from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 
 @dataclass(eq=False)
@@ -44,7 +46,6 @@ class FusedState:
     row_bounds: torch.Tensor  # (BH, P+1) work items: P ranges of rows per bh with about equal routed pairs
     skip_c: torch.Tensor  # (C,) bool: partly anchored chunk, computed in Python with a mask
     offsets_c: torch.Tensor  # (C+1,) int64 chunk offsets in the chunk-sorted order
-    _backward_groups: RoutedGroups | None = field(default=None, repr=False)
 
     def pieces(self, num_chunks: int):
         """(bh, c, rows_n) for every non-empty group of a partly anchored chunk."""
@@ -56,11 +57,6 @@ class FusedState:
                 if hi > lo:
                     out.append((bh, c, self.rows_e[lo:hi]))
         return out
-
-    def backward_groups(self, selected: torch.Tensor, num_chunks: int) -> RoutedGroups:
-        if self._backward_groups is None:
-            self._backward_groups = routed_groups(selected.cpu(), self.index, num_chunks)
-        return self._backward_groups
 
 
 def prepare_fused(plan) -> FusedState:
@@ -113,12 +109,39 @@ class _MoCFusedFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout_bhld, _dlse):
+        ext = cpu_ext.load()
         q_bhld, k_bhld, v_bhld, out_rd, lse_r = ctx.saved_tensors
-        plan, state = ctx.plan, ctx.state
-        groups = state.backward_groups(plan.selected, plan.structure.num_chunks) if state.K else \
-            RoutedGroups((), (), 0, torch.empty(0, 0, dtype=torch.int64))
-        grads = gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, state.index, groups, ctx.scale)
-        return (*grads, None, None, None)
+        plan, state, scale = ctx.plan, ctx.state, ctx.scale
+        B, H, L, D = q_bhld.shape
+        BH, idx = B * H, state.index
+        q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
+        do_bld = dout_bhld.to(q_bhld.dtype).reshape(BH, L, D).contiguous()
+        dq_bld, dk_bld, dv_bld = anchor_backward(do_bld, q_bld, k_bld, v_bld, out_rd, lse_r, idx, scale)
+        if state.K and state.rows_e.numel():
+            q_rd, do_rd, o_rd = q_bld.reshape(BH * L, D), do_bld.view(BH * L, D), out_rd
+            ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D).contiguous() for t in (k_bld, v_bld))
+            dks_rd, dvs_rd = torch.zeros_like(ks_rd), torch.zeros_like(vs_rd)
+            delta_r = (do_rd * o_rd).sum(-1)
+            dq_rd = dq_bld.view(BH * L, D)
+            ext.routed_backward(q_rd, ks_rd, vs_rd, do_rd, lse_r, delta_r, state.group_ptr, state.rows_e,
+                                state.offsets_c, state.skip_c, float(scale), L, dq_rd, dks_rd, dvs_rd)
+            for bh, c, rows_n in state.pieces(plan.structure.num_chunks):  # partly anchored chunks
+                dq, dk, dv = _routed_piece_bwd(do_rd[rows_n], q_rd[rows_n], ks_rd.view(BH, L, D)[bh],
+                                               vs_rd.view(BH, L, D)[bh], o_rd[rows_n], lse_r[rows_n], plan, idx, c,
+                                               rows_n, L, scale)
+                dq_rd.index_add_(0, rows_n, dq)
+                sl = slice(bh * L + idx.offsets[c], bh * L + idx.offsets[c + 1])
+                dks_rd[sl] += dk
+                dvs_rd[sl] += dv
+            dks_bld, dvs_bld = dks_rd.view(BH, L, D), dvs_rd.view(BH, L, D)
+            if idx.identity_order:
+                dk_bld += dks_bld
+                dv_bld += dvs_bld
+            else:
+                dk_bld.index_add_(1, idx.token_index_l, dks_bld)
+                dv_bld.index_add_(1, idx.token_index_l, dvs_bld)
+        shape = q_bhld.shape
+        return dq_bld.view(shape), dk_bld.view(shape), dv_bld.view(shape), None, None, None
 
 
 def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:

@@ -122,15 +122,9 @@ class _MoCGatherFn(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
-def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx: GatherIndex, groups: RoutedGroups,
-                    scale: float):
-    """(dq, dk, dv) of MoC attention given its final output and log-sum-exp: for every partial
-    (anchor groups, routed groups), flash backward with the final (out, lse) yields exactly that
-    block's share; shares are summed."""
-    B, H, L, D = q_bhld.shape
-    BH = B * H
-    q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
-    do_bld = dout_bhld.reshape(BH, L, D).contiguous()
+def anchor_backward(do_bld, q_bld, k_bld, v_bld, out_rd, lse_r, idx: GatherIndex, scale: float):
+    """(dq, dk, dv) (BH, L, D) of the anchor partials, given the final output and LSE."""
+    BH, L, D = q_bld.shape
     out_bld, lse_bl = out_rd.view(BH, L, D), lse_r.view(BH, L)
     dq_bld, dk_bld, dv_bld = (torch.zeros_like(t) for t in (q_bld, k_bld, v_bld))
     for bucket in idx.buckets:
@@ -140,6 +134,20 @@ def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx:
         dq_bld.index_add_(1, qi.flatten(), dq.reshape(BH, -1, D))
         dk_bld.index_add_(1, ki.flatten(), dk.reshape(BH, -1, D))
         dv_bld.index_add_(1, ki.flatten(), dv.reshape(BH, -1, D))
+    return dq_bld, dk_bld, dv_bld
+
+
+def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx: GatherIndex, groups: RoutedGroups,
+                    scale: float):
+    """(dq, dk, dv) of MoC attention given its final output and log-sum-exp: for every partial
+    (anchor groups, routed groups), flash backward with the final (out, lse) yields exactly that
+    block's share; shares are summed."""
+    B, H, L, D = q_bhld.shape
+    BH = B * H
+    q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
+    do_bld = dout_bhld.reshape(BH, L, D).contiguous()
+    out_bld = out_rd.view(BH, L, D)
+    dq_bld, dk_bld, dv_bld = anchor_backward(do_bld, q_bld, k_bld, v_bld, out_rd, lse_r, idx, scale)
     if groups.num_slots:
         zero = q_bld.new_zeros(1, D)
         ext = lambda t: torch.cat([t.reshape(BH * L, D), zero])  # noqa: E731

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mocbench.bench import ResultStore, load_bench_config, run_bench
 from mocbench.bench.config import expand_cells
@@ -151,3 +152,27 @@ def test_forward_backward_pass_is_timed_and_counts_backward_flops(tmp_path):
         fwd, both = by[(name, "fwd")], by[(name, "fwd+bwd")]
         assert both["status"] == "ok", both["reason"]
         assert float(both["timed_flops"]) == float(fwd["total_flops"]) + 2.5 * float(fwd["attention_flops"])
+        assert float(both["validation_grad_max_err"]) <= float(both["validation_grad_tol"])  # gradients checked
+        assert fwd.get("validation_grad_max_err", "") == ""  # forward cells check outputs only
+
+
+def test_wrong_gradients_fail_the_fwd_bwd_cell_only(tmp_path, monkeypatch):
+    """A backend whose forward is right but whose backward is wrong fails validation of fwd+bwd cells."""
+    from mocbench.backends.dense import DenseSDPA
+
+    class _ScaledGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.5 * g
+
+    real = DenseSDPA.forward
+    monkeypatch.setattr(DenseSDPA, "forward", lambda self, q, k, v, plan: _ScaledGrad.apply(real(self, q, k, v, plan)))
+    out = tmp_path / "r.csv"
+    run_bench(tiny_cfg(out, ["workloads.0.passes=[fwd,fwd+bwd]", "workloads.0.shots=[2]"]), progress=False)
+    dense = {r["pass"]: r for r in read_rows(out).values() if r["backend"] == "dense"}
+    assert dense["fwd"]["status"] == "ok"
+    assert dense["fwd+bwd"]["status"] == "failed" and "gradients differ" in dense["fwd+bwd"]["reason"]

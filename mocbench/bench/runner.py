@@ -125,8 +125,10 @@ def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
                                  cell.text_placement, max_frames=v.max_frames,
                                  max_tokens_per_frame=v.max_tokens_per_frame, max_text_tokens=v.max_text_tokens)
             check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype,
-                                     device=cell.device, heads=v.heads, seed=v.seed)
+                                     device=cell.device, heads=v.heads, seed=v.seed, grads=cell.pass_ == "fwd+bwd")
             row.update(validation_max_err=check.max_abs_err, validation_tol=check.tolerance)
+            if check.grad_max_abs_err is not None:
+                row.update(validation_grad_max_err=check.grad_max_abs_err, validation_grad_tol=check.grad_tolerance)
             if not check.ok:
                 return _finish(row, "failed", check.message(cell.label, cell.dtype))
         row.update(_measure(backend, cell, cfg))

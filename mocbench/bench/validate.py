@@ -4,7 +4,10 @@ Sparse backends do not equal dense attention, so each backend is checked against
 pattern: ``backend.attention_pattern(q, k, layout)`` on a shrunken copy of the cell's layout
 (same number of shots and caption placement, few frames and tokens), turned into an exact
 float64 masked softmax. The backend's output in the cell's dtype and device must agree
-within ``backend.capabilities.tolerances[dtype]`` (max abs error). The check is forward-only.
+within ``backend.capabilities.tolerances[dtype]`` (max abs error). For cells that time the
+backward pass (``grads=True``), dq, dk, dv for a random output gradient must also agree with the
+float64 reference's autograd within ``GRAD_TOL_FACTOR`` times that tolerance (gradients sum more
+rounding than outputs).
 """
 
 from __future__ import annotations
@@ -18,20 +21,31 @@ from mocbench.backend import AttentionBackend
 from mocbench.config import LayoutConfig
 from mocbench.layout import TokenLayout
 
+GRAD_TOL_FACTOR = 10.0
+
 
 @dataclass(frozen=True)
 class Validation:
     max_abs_err: float
     tolerance: float
     tokens: int
+    grad_max_abs_err: float | None = None  # None: gradients not checked
+
+    @property
+    def grad_tolerance(self) -> float:
+        return GRAD_TOL_FACTOR * self.tolerance
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_err <= self.tolerance
+        return self.max_abs_err <= self.tolerance and (
+            self.grad_max_abs_err is None or self.grad_max_abs_err <= self.grad_tolerance)
 
     def message(self, label: str, dtype: str) -> str:
-        return (f"validation failed: {label} differs from the float64 masked reference by "
-                f"{self.max_abs_err:.3g} > tolerance {self.tolerance:.3g} ({dtype}, L={self.tokens})")
+        if self.max_abs_err > self.tolerance:
+            return (f"validation failed: {label} differs from the float64 masked reference by "
+                    f"{self.max_abs_err:.3g} > tolerance {self.tolerance:.3g} ({dtype}, L={self.tokens})")
+        return (f"validation failed: {label}'s gradients differ from the float64 masked reference's by "
+                f"{self.grad_max_abs_err:.3g} > tolerance {self.grad_tolerance:.3g} ({dtype}, L={self.tokens})")
 
 
 def masked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern_bhll: torch.Tensor,
@@ -52,18 +66,38 @@ def small_layout(shots: int, frames: int, tokens_per_frame: int, text_tokens: in
                         text_tokens=min(text_tokens, max_text_tokens), text_placement=text_placement).build()
 
 
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    err = (a.to(torch.float64) - b.to(torch.float64)).abs().max().item()
+    return err if math.isfinite(err) else math.inf
+
+
 def validate_backend(backend: AttentionBackend, layout: TokenLayout, *, head_dim: int, dtype: torch.dtype,
-                     device: torch.device | str, heads: int = 2, seed: int = 0) -> Validation:
-    """Run ``backend`` on random inputs for ``layout`` and compare with the float64 oracle."""
+                     device: torch.device | str, heads: int = 2, seed: int = 0, grads: bool = False) -> Validation:
+    """Run ``backend`` on random inputs for ``layout`` and compare with the float64 oracle
+    (and, with ``grads``, its dq, dk, dv for a random output gradient)."""
     gen = torch.Generator().manual_seed(seed)
     shape = (1, heads, layout.num_tokens, head_dim)
     q, k, v = (torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
                for _ in range(3))
     with torch.no_grad():
-        out = backend(q, k, v, layout)
         pattern = backend.attention_pattern(q, k, layout)
-    ref = masked_reference(q, k, v, pattern)
-    err = (out.to(torch.float64) - ref).abs().max().item()
-    if not math.isfinite(err):
-        err = math.inf
-    return Validation(err, backend.capabilities.tolerances.get(dtype, 0.0), layout.num_tokens)
+    tol = backend.capabilities.tolerances.get(dtype, 0.0)
+    if not grads:
+        with torch.no_grad():
+            out = backend(q, k, v, layout)
+        return Validation(_max_err(out, masked_reference(q, k, v, pattern)), tol, layout.num_tokens)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_() for t in (q, k, v))
+    dout = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device)
+    out = backend(q, k, v, layout)
+    grads_out = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
+    ref_out = _reference_with_grad(q64, k64, v64, pattern)
+    grads_ref = torch.autograd.grad(ref_out, (q64, k64, v64), dout)
+    grad_err = max(_max_err(a, b) for a, b in zip(grads_out, grads_ref))
+    return Validation(_max_err(out.detach(), ref_out.detach()), tol, layout.num_tokens, grad_err)
+
+
+def _reference_with_grad(q64, k64, v64, pattern_bhll):
+    scores = (q64 @ k64.transpose(-1, -2)) / math.sqrt(q64.shape[-1])
+    scores = scores.masked_fill(~pattern_bhll.to(scores.device), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v64

@@ -47,7 +47,7 @@ def _routed_fwd(Q, Kt, Vt, O_slots, LSE_slots, tile_group, tile_start, group_ptr
     end = tl.where(live, tl.load(group_ptr + g + 1), start)  # dead tiles: no rows
     offs_m = start + tl.arange(0, BLOCK_M)
     mrow = offs_m < end
-    rows = tl.load(rows_e + offs_m, mask=mrow, other=0)
+    rows = tl.load(rows_e + offs_m, mask=mrow, other=0).to(tl.int64)  # 64-bit offsets: BH*L*D can pass 2^31
     d = tl.arange(0, DP)
     md = d < D
     q = tl.load(Q + rows[:, None] * D + d[None, :], mask=mrow[:, None] & md[None, :], other=0.0)
@@ -63,7 +63,7 @@ def _routed_fwd(Q, Kt, Vt, O_slots, LSE_slots, tile_group, tile_start, group_ptr
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < k1
         kt = tl.load(tok_idx + offs_n, mask=mn, other=0)
-        kv_rows = bh * L + kt
+        kv_rows = (bh * L + kt).to(tl.int64)
         k = tl.load(Kt + kv_rows[:, None] * D + d[None, :], mask=mn[:, None] & md[None, :], other=0.0)
         v = tl.load(Vt + kv_rows[:, None] * D + d[None, :], mask=mn[:, None] & md[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # log2 domain
@@ -85,7 +85,7 @@ def _routed_fwd(Q, Kt, Vt, O_slots, LSE_slots, tile_group, tile_start, group_ptr
     has = l_i > 0
     o = acc / tl.where(has, l_i, 1.0)[:, None]
     lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    slots = tl.load(slots_e + offs_m, mask=mrow, other=0)
+    slots = tl.load(slots_e + offs_m, mask=mrow, other=0).to(tl.int64)
     tl.store(O_slots + slots[:, None] * DP + d[None, :], o, mask=mrow[:, None])
     tl.store(LSE_slots + slots, lse, mask=mrow)
 
@@ -98,7 +98,7 @@ def _anchor_fwd(Q, Kt, Vt, Oa, LSEa, q_idx, k_idx, L, n_q, n_k, qk_scale,
     bh = tl.program_id(2)
     offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
     mrow = offs_m < n_q
-    rows = bh * L + tl.load(q_idx + grp * n_q + offs_m, mask=mrow, other=0)
+    rows = (bh * L + tl.load(q_idx + grp * n_q + offs_m, mask=mrow, other=0)).to(tl.int64)
     d = tl.arange(0, DP)
     md = d < D
     q = tl.load(Q + rows[:, None] * D + d[None, :], mask=mrow[:, None] & md[None, :], other=0.0)
@@ -108,7 +108,7 @@ def _anchor_fwd(Q, Kt, Vt, Oa, LSEa, q_idx, k_idx, L, n_q, n_k, qk_scale,
     for n0 in range(0, n_k, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < n_k
-        kv_rows = bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)
+        kv_rows = (bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)).to(tl.int64)
         k = tl.load(Kt + kv_rows[:, None] * D + d[None, :], mask=mn[:, None] & md[None, :], other=0.0)
         v = tl.load(Vt + kv_rows[:, None] * D + d[None, :], mask=mn[:, None] & md[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
@@ -130,7 +130,7 @@ def _anchor_fwd(Q, Kt, Vt, Oa, LSEa, q_idx, k_idx, L, n_q, n_k, qk_scale,
 def _merge(Oa, LSEa, O_slots, LSE_slots, Out, LSE, R, K,
            D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr):
     # Out (R, D) in the output dtype; LSE (R,) float32. Empty slots carry LSE -inf.
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     mr = rows < R
     d = tl.arange(0, DP)
     la = tl.load(LSEa + rows, mask=mr, other=0.0)
@@ -166,7 +166,7 @@ def _routed_bwd(Q, Kt, Vt, dO, LSE, Delta, dQ, dK, dV, tile_group, tile_start, g
     end = tl.where(live, tl.load(group_ptr + g + 1), start)  # dead tiles: no rows
     offs_m = start + tl.arange(0, BLOCK_M)
     mrow = offs_m < end
-    rows = tl.load(rows_e + offs_m, mask=mrow, other=0)
+    rows = tl.load(rows_e + offs_m, mask=mrow, other=0).to(tl.int64)  # 64-bit offsets: BH*L*D can pass 2^31
     d = tl.arange(0, DP)
     md = d < D
     mq = mrow[:, None] & md[None, :]
@@ -184,7 +184,7 @@ def _routed_bwd(Q, Kt, Vt, dO, LSE, Delta, dQ, dK, dV, tile_group, tile_start, g
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < k1
         kt = tl.load(tok_idx + offs_n, mask=mn, other=0)
-        kv_rows = bh * L + kt
+        kv_rows = (bh * L + kt).to(tl.int64)
         mk = mn[:, None] & md[None, :]
         k = tl.load(Kt + kv_rows[:, None] * D + d[None, :], mask=mk, other=0.0)
         v = tl.load(Vt + kv_rows[:, None] * D + d[None, :], mask=mk, other=0.0)
@@ -214,7 +214,7 @@ def _anchor_bwd(Q, Kt, Vt, dO, LSE, Delta, dQ, dK, dV, q_idx, k_idx, L, n_q, n_k
     bh = tl.program_id(2)
     offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
     mrow = offs_m < n_q
-    rows = bh * L + tl.load(q_idx + grp * n_q + offs_m, mask=mrow, other=0)
+    rows = (bh * L + tl.load(q_idx + grp * n_q + offs_m, mask=mrow, other=0)).to(tl.int64)
     d = tl.arange(0, DP)
     md = d < D
     mq = mrow[:, None] & md[None, :]
@@ -226,7 +226,7 @@ def _anchor_bwd(Q, Kt, Vt, dO, LSE, Delta, dQ, dK, dV, q_idx, k_idx, L, n_q, n_k
     for n0 in range(0, n_k, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < n_k
-        kv_rows = bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)
+        kv_rows = (bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)).to(tl.int64)
         mk = mn[:, None] & md[None, :]
         k = tl.load(Kt + kv_rows[:, None] * D + d[None, :], mask=mk, other=0.0)
         v = tl.load(Vt + kv_rows[:, None] * D + d[None, :], mask=mk, other=0.0)

@@ -146,6 +146,18 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, layout: 
         raise ValueError(f"q has {q.shape[2]} tokens but the layout has {layout.num_tokens} ({layout.describe()})")
 
 
+def check_matches_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> None:
+    """``forward(q, k, v, plan)`` on tensors the plan was not prepared for is refused, naming both shapes
+    (a plan's indices are sized for its batch, heads and tokens; fast kernels would read out of range)."""
+    check_qkv(q, k, v, plan.layout)
+    want = (plan.batch, plan.heads, plan.layout.num_tokens, plan.head_dim)
+    if tuple(q.shape) != want:
+        raise ValueError(f"q has shape {tuple(q.shape)} but the plan was prepared for (batch, heads, tokens, "
+                         f"head_dim) = {want}; prepare a plan for these tensors")
+    if q.device != plan.device:
+        raise ValueError(f"q is on {q.device} but the plan was prepared on {plan.device}")
+
+
 class AttentionBackend:
     """Base class. Subclasses set ``family`` and implement ``prepare``, ``forward``,
     ``_pattern`` and ``_count_pairs``/``estimate``; the registry sets ``name`` and ``Params``."""

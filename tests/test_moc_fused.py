@@ -141,23 +141,76 @@ def test_kernel_can_be_switched_off_by_environment(monkeypatch):
         cpu_ext._build()
 
 
-def test_build_clears_a_lock_left_by_a_killed_builder(monkeypatch, tmp_path):
-    """torch's build lock file from a dead process must not block the next build (it would wait forever)."""
+def test_build_clears_what_a_killed_builder_left(monkeypatch, tmp_path):
+    """torch's build lock (it would make later builds wait forever) and a partial .so without the
+    completion marker are removed; the marker is written only after a complete build."""
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("MOCBENCH_EXT_DIR", str(tmp_path))
-    build_dir = tmp_path / cpu_ext._name()
+    name = cpu_ext._name()
+    build_dir = tmp_path / name
     build_dir.mkdir()
     (build_dir / "lock").write_text("")
-    (build_dir / f"{cpu_ext._name()}.so").write_text("not a shared object")  # a broken leftover
+    (build_dir / f"{name}.so").write_text("not a shared object")
     seen = {}
 
     def fake_load(**kw):
-        seen.update(kw, lock_left=(build_dir / "lock").exists(), so_left=(build_dir / f"{cpu_ext._name()}.so").exists())
+        seen.update(kw, lock_left=(build_dir / "lock").exists(), so_left=(build_dir / f"{name}.so").exists(),
+                    marker=(build_dir / "built.ok").exists())
         return "built"
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
     monkeypatch.setattr(cpp_extension, "verify_ninja_availability", lambda: None)
     assert cpu_ext._build() == "built"
-    assert not seen["lock_left"] and not seen["so_left"] and seen["build_directory"] == str(build_dir)
+    assert not seen["lock_left"] and not seen["so_left"] and not seen["marker"]
+    assert seen["build_directory"] == str(build_dir) and (build_dir / "built.ok").is_file()
     assert "-fopenmp" in seen["extra_cflags"] and "-march=native" in seen["extra_cflags"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in seen["sources"]) == ["backward.cpp", "forward.cpp", "module.cpp"]
+
+
+def test_unwritable_cache_is_reported_not_raised(monkeypatch, tmp_path):
+    """An OSError while building (read-only cache, ...) makes the impl unavailable with the reason."""
+    monkeypatch.setattr(cpu_ext, "_STATE", {})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MOCBENCH_EXT_DIR", str(blocker / "sub"))  # a directory under a regular file
+    reason = cpu_ext.unavailable_reason()
+    assert reason is not None and ("NotADirectoryError" in reason or "FileExistsError" in reason), reason
+
+
+@needs_kernel
+@pytest.mark.parametrize("impl", ["fused", "gather"])
+def test_plan_reused_with_other_heads_is_refused(impl):
+    """A plan holds indices sized for its tensors: forward on other shapes raises, naming both."""
+    layout = TokenLayout.single_shot(text_tokens=2, frames=4, tokens_per_frame=8)
+    backend = mocbench.get_backend("moc", impl=impl, top_k=2, chunking="frame")
+    q, k, v = _qkv((1, 4, layout.num_tokens, 8), 14, torch.float32)
+    plan = backend.prepare(q, k, layout)
+    with pytest.raises(ValueError, match=r"q has shape \(1, 1, 34, 8\) but the plan was prepared for .* \(1, 4, 34, 8\)"):
+        backend.forward(q[:, :1], k[:, :1], v[:, :1], plan)
+    with pytest.raises(ValueError, match="prepared for"):
+        IMPLS[impl].forward(torch.cat([q, q], 1), torch.cat([k, k], 1), torch.cat([v, v], 1), plan)
+
+
+@needs_kernel
+def test_kernel_checks_its_index_arguments():
+    """The C++ entry points refuse a CSR that does not fit the tensors (never read out of range)."""
+    ext = cpu_ext.load()
+    L, D = 6, 4
+    q = torch.randn(2 * L, D)
+    out, lse = torch.zeros(2 * L, D), torch.zeros(2 * L)
+    offsets, skip = torch.tensor([0, 3, 6]), torch.zeros(2, dtype=torch.bool)
+    rows = torch.tensor([3, 4])
+    ok_ptr = torch.tensor([0, 0, 2, 2, 2])  # head 0 chunk 1 holds rows 3, 4
+    bounds = torch.tensor([[0, L], [L, 2 * L]])
+    ext.routed_attention(q, q, q, ok_ptr, rows, offsets, skip, bounds, 0.5, L, out, lse)
+    with pytest.raises(RuntimeError, match="group_ptr has 3 entries, expected 5"):
+        ext.routed_attention(q, q, q, torch.tensor([0, 0, 2]), rows, offsets, skip, bounds, 0.5, L, out, lse)
+    with pytest.raises(RuntimeError, match="not an ascending row of head 1"):
+        ext.routed_attention(q, q, q, torch.tensor([0, 0, 0, 0, 2]), rows, offsets, skip, bounds, 0.5, L, out, lse)
+    with pytest.raises(RuntimeError, match="row_bounds must be"):
+        ext.routed_attention(q, q, q, ok_ptr, rows, offsets, skip, bounds[:1], 0.5, L, out, lse)
+    with pytest.raises(RuntimeError, match="offsets must run from 0 to L=6"):
+        ext.routed_attention(q, q, q, ok_ptr, rows, torch.tensor([0, 3, 7]), skip, bounds, 0.5, L, out, lse)
+    with pytest.raises(RuntimeError, match="anchor index 6 is outside"):
+        ext.anchor_attention(q, q, q, torch.tensor([[0, 1]]), torch.tensor([[6]]), 0.5, L, out, lse)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mocbench.backend import AttentionBackend, Capabilities, Plan
+from mocbench.backend import AttentionBackend, Capabilities, Plan, check_matches_plan
 from mocbench.backends.moc.accounting import analytic_pairs, measured_pairs
 from mocbench.backends.moc.impls import IMPLS, resolve_impl
 from mocbench.backends.moc.params import MoCParams
@@ -95,6 +95,7 @@ class MoCBackend(AttentionBackend):
         return plan
 
     def forward(self, q, k, v, plan: MoCPlan) -> torch.Tensor:
+        check_matches_plan(q, k, v, plan)
         impl = resolve_impl(self.params.impl, q.device.type)
         if impl.name != plan.impl:
             raise ValueError(f"this plan was prepared for impl {plan.impl!r} but forward would run {impl.name!r}")

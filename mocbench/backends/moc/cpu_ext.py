@@ -22,11 +22,14 @@ import hashlib
 import importlib.util
 import os
 import platform
+import sysconfig
 import threading
 from pathlib import Path
 from types import ModuleType
 
-_SOURCE = Path(__file__).with_name("csrc") / "moc_cpu.cpp"
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = [_CSRC / "forward.cpp", _CSRC / "backward.cpp", _CSRC / "module.cpp"]
+_HEADERS = [_CSRC / "moc_cpu.h"]
 # -fopenmp: at::parallel_for is an inline OpenMP region; without it the kernel runs on one thread.
 _CFLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
@@ -49,7 +52,9 @@ def _cpu_signature() -> str:
 def _name() -> str:
     import torch
 
-    key = "\n".join([_SOURCE.read_text(), " ".join(_CFLAGS + _LDFLAGS), torch.__version__, _cpu_signature()])
+    sources = "\n".join(p.read_text() for p in _SOURCES + _HEADERS)
+    key = "\n".join([sources, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, str(sysconfig.get_config_var("EXT_SUFFIX")),
+                     _cpu_signature()])
     return "mocbench_moc_cpu_" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -65,16 +70,17 @@ def _import_built(name: str, so: Path) -> ModuleType:
 def _build() -> ModuleType:
     if os.environ.get("MOCBENCH_FUSED_CPU", "1") == "0":
         raise RuntimeError("disabled by MOCBENCH_FUSED_CPU=0")
-    if not _SOURCE.is_file():
-        raise RuntimeError(f"kernel source {_SOURCE} is missing from this installation")
+    missing = [str(p) for p in _SOURCES + _HEADERS if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"kernel sources missing from this installation: {', '.join(missing)}")
     name = _name()
     build_dir = Path(os.environ.get("MOCBENCH_EXT_DIR") or Path.home() / ".cache" / "mocbench" / "ext") / name
-    so = build_dir / f"{name}.so"
-    if so.is_file():  # built before: import it directly (no build lock, no ninja run)
+    so, done = build_dir / f"{name}.so", build_dir / "built.ok"
+    if done.is_file() and so.is_file():  # built before: import it directly (no build lock, no ninja run)
         try:
             return _import_built(name, so)
         except (ImportError, OSError):
-            pass  # a builder killed mid-link can leave a broken file: rebuild below
+            pass  # damaged since: rebuild below
     try:
         from torch.utils import cpp_extension
     except ImportError as exc:  # pragma: no cover - torch always ships it
@@ -85,22 +91,27 @@ def _build() -> ModuleType:
         raise RuntimeError("ninja is not installed (pip install ninja)") from exc
     build_dir.mkdir(parents=True, exist_ok=True)
     with _build_lock(build_dir / "build.flock"):
-        if so.is_file():  # another process built it while we waited (or a broken leftover)
+        if done.is_file() and so.is_file():  # another process built it while we waited
             try:
                 return _import_built(name, so)
             except (ImportError, OSError):
-                so.unlink()
+                pass
+        done.unlink(missing_ok=True)
+        so.unlink(missing_ok=True)  # a builder killed mid-link can leave a partial file
         (build_dir / "lock").unlink(missing_ok=True)  # torch's baton, left by a builder that was killed
         try:
-            return cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=_CFLAGS,
-                                      extra_ldflags=_LDFLAGS, build_directory=str(build_dir),
-                                      verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
+            module = cpp_extension.load(name=name, sources=[str(p) for p in _SOURCES], extra_cflags=_CFLAGS,
+                                        extra_include_paths=[str(_CSRC)], extra_ldflags=_LDFLAGS,
+                                        build_directory=str(build_dir),
+                                        verbose=os.environ.get("MOCBENCH_FUSED_CPU_VERBOSE") == "1")
         except Exception as exc:  # compiler missing, headers missing, link errors: all reported, never hidden
             lines = str(exc).strip().splitlines()
             first_error = next((ln.strip() for ln in lines if "error" in ln.lower()), None)
             why = first_error or (lines[-1] if lines else type(exc).__name__)
             raise RuntimeError(f"building the fused CPU kernel failed: {why} (MOCBENCH_FUSED_CPU_VERBOSE=1 shows "
                                "the compiler output)") from exc
+        done.write_text(name + "\n")  # written only after a complete build: readers never see a partial .so
+        return module
 
 
 @contextlib.contextmanager
@@ -124,8 +135,8 @@ def load() -> ModuleType:
         if "module" not in _STATE and "error" not in _STATE:
             try:
                 _STATE["module"] = _build()
-            except RuntimeError as exc:
-                _STATE["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001 -- e.g. OSError from a read-only cache: reported, never raised
+                _STATE["error"] = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
         if "error" in _STATE:
             raise RuntimeError(f"fused CPU MoC kernel unavailable: {_STATE['error']}")
         return _STATE["module"]  # type: ignore[return-value]

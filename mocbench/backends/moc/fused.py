@@ -3,7 +3,9 @@
 Same decomposition as impl ``"gather"`` (moc-spec §5 computed as partial attentions over disjoint
 key sets merged by log-sum-exp), but the routed part runs in ``csrc/moc_cpu.cpp``:
 
-1. **Anchors**: stacked flash calls, shared with ``gather`` (:func:`gather.anchor_forward`).
+1. **Anchors**: ``anchor_attention`` per bucket of equal-shaped anchor groups (own chunk or own
+   shot, plus captions): a group's keys are gathered once, its queries attend them in tiles, and
+   each query's normalised output and LSE are written (every token is in exactly one group).
 2. **Routed chunks**: ``routed_index`` turns ``selected`` into a CSR of routed (query, chunk)
    pairs per (batch*head, chunk) and cuts each head's rows into ranges of about equal routed work
    (prepare step, timed with routing). ``routed_attention`` gives each thread whole row ranges:
@@ -30,8 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
+from mocbench.backend import check_matches_plan
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.gather import _routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward, anchor_forward
+from mocbench.backends.moc.gather import _routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 
@@ -92,9 +95,12 @@ class _MoCFusedFn(torch.autograd.Function):
         B, H, L, D = q_bhld.shape
         BH, idx, K = B * H, state.index, state.K
         q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
-        out_rd, lse_r = anchor_forward(q_bld, k_bld, v_bld, idx, scale)
+        out_rd = torch.empty(BH * L, D, dtype=q_bhld.dtype)
+        lse_r = torch.empty(BH * L, dtype=q_bhld.dtype)
+        q_rd, k_rd, v_rd = (t.reshape(BH * L, D) for t in (q_bld, k_bld, v_bld))
+        for bucket in idx.buckets:  # every token is a query of exactly one anchor group
+            ext.anchor_attention(q_rd, k_rd, v_rd, bucket.q_idx_gn, bucket.k_idx_gk, float(scale), L, out_rd, lse_r)
         if K and state.rows_e.numel():
-            q_rd = q_bld.reshape(BH * L, D)
             ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
             ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.offsets_c, state.skip_c,
                                  state.row_bounds, float(scale), L, out_rd, lse_r)
@@ -152,6 +158,7 @@ def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if q.device.type != "cpu":
         raise ValueError(f"moc impl 'fused' runs on CPU, got {q.device}")
+    check_matches_plan(q, k, v, plan)
     state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), FusedState) else prepare_fused(plan)
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mocbench.backend import check_matches_plan
 from mocbench.backends.moc.gather_index import GatherIndex, RoutedGroups, _partial_mask, gather_index, routed_groups
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
@@ -258,6 +259,7 @@ def gather_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if q.device.type != "cpu":
         raise ValueError(f"moc impl 'gather' runs on CPU, got {q.device}")
+    check_matches_plan(q, k, v, plan)
     state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), GatherState) else prepare_gather(plan)
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])

@@ -25,11 +25,21 @@ from dataclasses import dataclass
 
 import torch
 
+from mocbench.backend import check_matches_plan
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 BLOCK_M = 64
 BLOCK_N = 64
 _MERGE_ROWS = 64
+
+
+def _launch(dtype: torch.dtype, head_dim_padded: int) -> dict:
+    """Key-block size and pipeline depth: float32 tiles are twice as large as bf16/fp16 ones, so
+    with head_dim 128 they take smaller key blocks and one stage to stay inside shared memory.
+    (Chosen from tile sizes, not tuned on a GPU: nothing here has run on one yet.)"""
+    if dtype == torch.float32 and head_dim_padded >= 128:
+        return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_N": BLOCK_N, "num_warps": 4, "num_stages": 2}
 
 
 def unavailable_reason() -> str | None:
@@ -73,6 +83,7 @@ def _layout_dev(plan, idx: GatherIndex) -> _LayoutDev:
 class TritonState:
     lay: _LayoutDev
     K: int
+    G: int  # BH * C groups; tile_group == G marks a dead tile
     group_ptr: torch.Tensor  # (G+1,) int32, G = BH*C
     rows_e: torch.Tensor  # (E_max,) int32 query row bh*L + i, grouped (tail: unused)
     slots_e: torch.Tensor  # (E_max,) int32 slot row*K + k
@@ -89,7 +100,10 @@ def prepare_triton(plan) -> TritonState:
     G = BH * C
     if K == 0:
         empty = torch.zeros(0, dtype=torch.int32, device=dev)
-        return TritonState(lay, 0, torch.zeros(G + 1, dtype=torch.int32, device=dev), empty, empty, empty, empty)
+        return TritonState(lay, 0, G, torch.zeros(G + 1, dtype=torch.int32, device=dev), empty, empty, empty, empty)
+    if BH * L * K + G >= 2**31:
+        raise ValueError(f"moc impl 'triton': batch*heads*tokens*slots = {BH * L * K} exceeds its int32 pair "
+                         "indices; split the batch or heads across calls")
     sel = sel.reshape(BH, L, K)
     # a chunk repeated within a row counts once (route() never repeats; hand-made plans may)
     srt = sel.sort(-1).values
@@ -112,7 +126,7 @@ def prepare_triton(plan) -> TritonState:
     tile_group = torch.searchsorted(tile_end, t, right=True)  # G for t beyond the last tile
     g_c = tile_group.clamp(max=G - 1)
     tile_start = group_ptr[g_c] + (t - (tile_end[g_c] - n_tiles[g_c])) * BLOCK_M
-    return TritonState(lay, K, group_ptr.to(torch.int32), rows_e, slots_e, tile_group.to(torch.int32),
+    return TritonState(lay, K, G, group_ptr.to(torch.int32), rows_e, slots_e, tile_group.to(torch.int32),
                        tile_start.to(torch.int32))
 
 
@@ -134,21 +148,22 @@ class _MoCTritonFn(torch.autograd.Function):
         q2, k2, v2 = (t.reshape(BH * L, D) for t in (q, k, v))
         qk_scale = scale * 1.4426950408889634
         prec = _prec(q.dtype)
+        launch = _launch(q.dtype, DP)
         oa = torch.zeros(BH * L, DP, dtype=torch.float32, device=q.device)
         lsea = torch.full((BH * L,), float("-inf"), dtype=torch.float32, device=q.device)
         for q_idx, k_idx in lay.anchor:
             G_a, n_q = q_idx.shape
             grid = (triton_cdiv(n_q, BLOCK_M), G_a, BH)
             kn["anchor_fwd"][grid](q2, k2, v2, oa, lsea, q_idx, k_idx, L, n_q, k_idx.shape[1], qk_scale,
-                                   D=D, DP=DP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PREC=prec)
+                                   D=D, DP=DP, BLOCK_M=BLOCK_M, PREC=prec, **launch)
         o_slots = torch.zeros(max(1, BH * L * K), DP, dtype=torch.float32, device=q.device)
         lse_slots = torch.full((max(1, BH * L * K),), float("-inf"), dtype=torch.float32, device=q.device)
         if K:
             kn["routed_fwd"][(state.tile_group.numel(),)](
                 q2, k2, v2, o_slots, lse_slots, state.tile_group, state.tile_start, state.group_ptr, state.rows_e,
-                state.slots_e, lay.chunk_off, lay.tok_idx, lay.tok_text, lay.tok_shot, lay.tok_chunk, L, C, BH * C,
-                qk_scale, D=D, DP=DP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, TEXT_ANCHOR=plan.structure.text_anchor,
-                LOCAL_SHOT=plan.structure.local_anchor == "shot", PREC=prec)
+                state.slots_e, lay.chunk_off, lay.tok_idx, lay.tok_text, lay.tok_shot, lay.tok_chunk, L, C, state.G,
+                qk_scale, D=D, DP=DP, BLOCK_M=BLOCK_M, TEXT_ANCHOR=plan.structure.text_anchor,
+                LOCAL_SHOT=plan.structure.local_anchor == "shot", PREC=prec, **launch)
         out = torch.empty(BH * L, D, dtype=q.dtype, device=q.device)
         lse = torch.empty(BH * L, dtype=torch.float32, device=q.device)
         kn["merge"][(triton_cdiv(BH * L, _MERGE_ROWS),)](oa, lsea, o_slots, lse_slots, out, lse, BH * L, K,
@@ -172,17 +187,19 @@ class _MoCTritonFn(torch.autograd.Function):
         dq, dk, dv = (torch.zeros(BH * L, DP, dtype=torch.float32, device=q.device) for _ in range(3))
         qk_scale = scale * 1.4426950408889634
         prec = _prec(q.dtype)
+        launch = _launch(q.dtype, DP)
         for q_idx, k_idx in lay.anchor:
             G_a, n_q = q_idx.shape
             kn["anchor_bwd"][(triton_cdiv(n_q, BLOCK_M), G_a, BH)](
                 q2, k2, v2, do2, lse, delta, dq, dk, dv, q_idx, k_idx, L, n_q, k_idx.shape[1], qk_scale, scale,
-                D=D, DP=DP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, PREC=prec)
+                D=D, DP=DP, BLOCK_M=BLOCK_M, PREC=prec, **launch)
         if K:
             kn["routed_bwd"][(state.tile_group.numel(),)](
                 q2, k2, v2, do2, lse, delta, dq, dk, dv, state.tile_group, state.tile_start, state.group_ptr,
-                state.rows_e, lay.chunk_off, lay.tok_idx, lay.tok_text, lay.tok_shot, lay.tok_chunk, L, C, BH * C,
-                qk_scale, scale, D=D, DP=DP, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                TEXT_ANCHOR=plan.structure.text_anchor, LOCAL_SHOT=plan.structure.local_anchor == "shot", PREC=prec)
+                state.rows_e, lay.chunk_off, lay.tok_idx, lay.tok_text, lay.tok_shot, lay.tok_chunk, L, C, state.G,
+                qk_scale, scale, D=D, DP=DP, BLOCK_M=BLOCK_M,
+                TEXT_ANCHOR=plan.structure.text_anchor, LOCAL_SHOT=plan.structure.local_anchor == "shot", PREC=prec,
+                **launch)
         shape = q.shape
         return (*(g[:, :D].to(q.dtype).reshape(shape) for g in (dq, dk, dv)), None, None, None)
 
@@ -194,6 +211,7 @@ def triton_cdiv(a: int, b: int) -> int:
 def triton_forward(q, k, v, plan) -> torch.Tensor:
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"moc impl 'triton' takes float32, float16 or bfloat16, got {q.dtype}")
+    check_matches_plan(q, k, v, plan)
     state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), TritonState) else prepare_triton(plan)
     scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     q_, k_, v_ = (t.contiguous() for t in (q, k, v))

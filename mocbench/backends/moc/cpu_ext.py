@@ -1,4 +1,4 @@
-"""Build and load the fused CPU MoC kernels (``csrc/moc_cpu.cpp``) at first use.
+"""Build and load the fused CPU MoC kernels (``csrc/*.cpp``) at first use.
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` (ninja + the system C++
 compiler, ``-O3 -march=native``) into ``$MOCBENCH_EXT_DIR`` (default ``~/.cache/mocbench/ext``),

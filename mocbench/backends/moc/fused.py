@@ -1,7 +1,7 @@
 """Exact, fast CPU Mixture of Contexts on a fused C++ kernel (moc impl ``"fused"``).
 
 Same decomposition as impl ``"gather"`` (moc-spec §5 computed as partial attentions over disjoint
-key sets merged by log-sum-exp), but the routed part runs in ``csrc/moc_cpu.cpp``:
+key sets merged by log-sum-exp), but both parts run in the C++ kernel of ``csrc/``:
 
 1. **Anchors**: ``anchor_attention`` per bucket of equal-shaped anchor groups (own chunk or own
    shot, plus captions): a group's keys are gathered once, its queries attend them in tiles, and

@@ -42,8 +42,9 @@ def cmd_backends(args: argparse.Namespace) -> int:
         rows.append({"name": spec.name, "family": spec.family, "available": not reasons,
                      "devices": ",".join(caps.devices), "params": params, "source": spec.source,
                      "reasons": reasons})
+    impls = _moc_impl_rows(devices)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"backends": rows, "moc_impls": impls}, indent=2))
         return 0
     table = Table(title=f"mocbench backends (devices here: {', '.join(devices)})")
     for col in ("name", "family", "available", "devices", "params", "reasons"):
@@ -52,7 +53,28 @@ def cmd_backends(args: argparse.Namespace) -> int:
         table.add_row(r["name"], r["family"], "[green]yes[/]" if r["available"] else "[red]no[/]", r["devices"],
                       r["params"], "; ".join(r["reasons"]) or "-")
     console.print(table)
+    itable = Table(title="moc implementations (param impl=; 'auto' runs the first available of its device's order)")
+    for col in ("impl", "devices", "auto order", "available here", "what it is"):
+        itable.add_column(col, overflow="fold")
+    for r in impls:
+        itable.add_row(r["impl"], r["devices"], r["auto_order"], "[green]yes[/]" if r["available"] else
+                       f"[red]no[/]: {r['reason']}", r["description"])
+    console.print(itable)
     return 0
+
+
+def _moc_impl_rows(devices: list[str]) -> list[dict]:
+    from mocbench.backends.moc.impls import AUTO_ORDER, IMPLS
+
+    rows = []
+    for name, impl in IMPLS.items():
+        order = [f"{dev} #{AUTO_ORDER[dev].index(name) + 1}" for dev in AUTO_ORDER if name in AUTO_ORDER[dev]]
+        reason = impl.unavailable_reason()
+        if reason is None and not set(impl.devices) & set(devices):
+            reason = f"needs {' or '.join(impl.devices)}"
+        rows.append({"impl": name, "devices": ",".join(impl.devices), "auto_order": ", ".join(order) or "opt-in",
+                     "available": reason is None, "reason": reason, "description": impl.description})
+    return rows
 
 
 def _stats_row(label: str, s: AttentionStats) -> dict:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mocbench.cli import main
 
@@ -14,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_backends_table_lists_every_backend_with_availability(capsys):
     assert main(["backends", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: r for r in out["backends"]}
     assert rows["dense"]["available"] and rows["moc"]["available"]
     assert not rows["flash_attn"]["available"] or rows["flash_attn"]["reasons"] == []
     if not rows["xformers"]["available"]:
         assert rows["xformers"]["reasons"], "an unavailable backend must say why"
+    impls = {r["impl"]: r for r in out["moc_impls"]}
+    assert set(impls) == {"reference", "gather", "fused", "flex", "triton"}
+    assert impls["gather"]["available"] and impls["gather"]["auto_order"].startswith("cpu #")
+    assert impls["triton"]["auto_order"] == "opt-in"
+    if not torch.cuda.is_available():
+        assert not impls["triton"]["available"] and impls["triton"]["reason"]
 
 
 def test_plan_paper_config_reports_sparsity_and_flops(capsys):

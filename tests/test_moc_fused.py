@@ -62,6 +62,17 @@ def test_row_range_work_items_cut_groups_exactly(threads):
 
 
 @needs_kernel
+@pytest.mark.parametrize("max_keys", [0, 10**9])
+def test_anchor_groups_through_either_path(monkeypatch, max_keys):
+    """Anchor groups run in the C++ kernel or (wider ones) in ATen's flash kernel: same values."""
+    monkeypatch.setattr(fused, "_ANCHOR_KERNEL_MAX_KEYS", max_keys)
+    layout = TokenLayout.multi_shot(text_tokens=[3, 4, 2], frames=[3, 2, 4], tokens_per_frame=6)
+    for local in ("shot", "chunk"):
+        _vs_reference(layout, dict(top_k=2, chunking="frame", local_anchor=local), (2, 2, layout.num_tokens, 8), 15,
+                      torch.float64, 1e-10)
+
+
+@needs_kernel
 def test_chunks_larger_than_the_score_tile_budget():
     """A 1100-token shot chunk: tiles shrink to fit; values unchanged."""
     layout = TokenLayout.multi_shot(text_tokens=[2, 3, 2], frames=[11, 10, 9], tokens_per_frame=100)

@@ -6,6 +6,7 @@ key sets merged by log-sum-exp), but both parts run in the C++ kernel of ``csrc/
 1. **Anchors**: ``anchor_attention`` per bucket of equal-shaped anchor groups (own chunk or own
    shot, plus captions): a group's keys are gathered once, its queries attend them in tiles, and
    each query's normalised output and LSE are written (every token is in exactly one group).
+   Groups with more than ``_ANCHOR_KERNEL_MAX_KEYS`` keys use ATen's flash kernel instead.
 2. **Routed chunks**: ``routed_index`` turns ``selected`` into a CSR of routed (query, chunk)
    pairs per (batch*head, chunk) and cuts each head's rows into ranges of about equal routed work
    (prepare step, timed with routing). ``routed_attention`` gives each thread whole row ranges:
@@ -34,7 +35,8 @@ import torch
 
 from mocbench.backend import check_matches_plan
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.gather import _routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward
+from mocbench.backends.moc.gather import (_routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward,
+                                          anchor_forward)
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 
@@ -88,6 +90,12 @@ def _merge_rows(out_rd, lse_r, rows_n, o_nd, lse_n) -> None:
 
 
 
+# Anchor groups with more keys than this (e.g. a whole shot) go to ATen's CPU flash kernel, whose
+# blocked online softmax beats one score row per query over thousands of keys; smaller ones (own
+# chunk + captions) to the C++ kernel, which skips the gathers and stacking.
+_ANCHOR_KERNEL_MAX_KEYS = 1024
+
+
 class _MoCFusedFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_bhld, k_bhld, v_bhld, plan, state: FusedState, scale):
@@ -98,8 +106,15 @@ class _MoCFusedFn(torch.autograd.Function):
         out_rd = torch.empty(BH * L, D, dtype=q_bhld.dtype)
         lse_r = torch.empty(BH * L, dtype=q_bhld.dtype)
         q_rd, k_rd, v_rd = (t.reshape(BH * L, D) for t in (q_bld, k_bld, v_bld))
+        wide = []
         for bucket in idx.buckets:  # every token is a query of exactly one anchor group
-            ext.anchor_attention(q_rd, k_rd, v_rd, bucket.q_idx_gn, bucket.k_idx_gk, float(scale), L, out_rd, lse_r)
+            if bucket.k_idx_gk.shape[1] > _ANCHOR_KERNEL_MAX_KEYS:
+                wide.append(bucket)
+            else:
+                ext.anchor_attention(q_rd, k_rd, v_rd, bucket.q_idx_gn, bucket.k_idx_gk, float(scale), L, out_rd,
+                                     lse_r)
+        if wide:
+            anchor_forward(q_bld, k_bld, v_bld, idx, scale, buckets=wide, out=(out_rd, lse_r))
         if K and state.rows_e.numel():
             ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
             ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.offsets_c, state.skip_c,

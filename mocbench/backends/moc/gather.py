@@ -53,14 +53,15 @@ def _sorted_kv(t_bld: torch.Tensor, idx: GatherIndex) -> torch.Tensor:
     return t_bld if idx.identity_order else t_bld[:, idx.token_index_l]
 
 
-def anchor_forward(q_bld, k_bld, v_bld, idx: GatherIndex, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def anchor_forward(q_bld, k_bld, v_bld, idx: GatherIndex, scale: float, *, buckets=None,
+                   out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor partials: (output (BH*L, D), log-sum-exp (BH*L,)), rows bh*L + i; one stacked flash
-    call per bucket of equal-shaped anchor groups."""
+    call per bucket of equal-shaped anchor groups (``buckets``: a subset; ``out``: buffers to fill)."""
     BH, L, D = q_bld.shape
-    num_rd = torch.empty(BH * L, D, dtype=q_bld.dtype)
-    m_r = torch.empty(BH * L, dtype=q_bld.dtype)
+    num_rd, m_r = out if out is not None else (torch.empty(BH * L, D, dtype=q_bld.dtype),
+                                                torch.empty(BH * L, dtype=q_bld.dtype))
     num_bld, m_bl = num_rd.view(BH, L, D), m_r.view(BH, L)
-    for bucket in idx.buckets:
+    for bucket in idx.buckets if buckets is None else buckets:
         G, n = bucket.q_idx_gn.shape
         qi = bucket.q_idx_gn.flatten()
         o_bgnd, lse_bgn = _flash(q_bld[:, bucket.q_idx_gn], k_bld[:, bucket.k_idx_gk],

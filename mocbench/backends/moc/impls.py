@@ -54,8 +54,8 @@ IMPLS: dict[str, MoCImpl] = {
                       "kernels, exact log-sum-exp merge; custom backward", prepare=prepare_gather,
                       backward_devices=("cpu",)),
     "fused": MoCImpl("fused", fused_forward, ("cpu",),
-                     "CPU: anchors as stacked blocks + a C++ kernel (built at first use) that attends tiles of "
-                     "routed queries chunk by chunk and merges slots by log-sum-exp; exact; custom backward",
+                     "CPU: a C++ kernel (built at first use): anchors and routed chunks in cache-sized tiles on "
+                     "BLAS, each row's partials folded in place by online softmax; exact; C++ backward",
                      prepare=prepare_fused, backward_devices=("cpu",), unavailable=cpu_ext.unavailable_reason),
     "triton": MoCImpl("triton", triton_forward, ("cuda",),
                       "CUDA: Triton kernels reading the routing CSR (anchor and routed partials, exact LSE merge, "

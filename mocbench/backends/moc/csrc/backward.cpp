@@ -31,18 +31,34 @@ void routed_backward_impl(const at::Tensor& q, const at::Tensor& ks, const at::T
   int64_t max_m = 1;
   for (int64_t c = 0; c < C; ++c) max_m = std::max(max_m, off[c + 1] - off[c]);
   const int64_t rows_per_tile = std::clamp<int64_t>((int64_t(1) << 17) / max_m, 16, 256);
-  const int threads = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), C));
+  const int threads = std::max(1, at::get_num_threads());
   // per-thread dQ of the current head; zero on entry to every head (the reduction re-zeroes them)
   std::vector<std::vector<T>> dq_local(threads, std::vector<T>(L * D, T(0)));
   using V = Vectorized<T>;
+  std::vector<int64_t> order(C);
   for (int64_t bh = 0; bh < BH; ++bh) {
-#pragma omp parallel num_threads(threads)
-    {
-      std::vector<T>& dql = dq_local[omp_get_thread_num()];
+    // Chunks dealt to the threads' contiguous blocks by routed work, largest first, in snake order
+    // (causal routing sends most queries to early chunks), so torch's static split balances.
+    std::vector<int64_t> by_work(C);
+    for (int64_t c = 0; c < C; ++c) by_work[c] = c;
+    std::stable_sort(by_work.begin(), by_work.end(), [&](int64_t a, int64_t b) {
+      return gp[bh * C + a + 1] - gp[bh * C + a] > gp[bh * C + b + 1] - gp[bh * C + b];
+    });
+    const int64_t T_ = std::min<int64_t>(threads, C), per = (C + T_ - 1) / T_;
+    std::vector<std::vector<int64_t>> dealt(T_);
+    for (int64_t i = 0; i < C; ++i) {
+      const int64_t round = i / T_, pos = i % T_;
+      dealt[round % 2 ? T_ - 1 - pos : pos].push_back(by_work[i]);
+    }
+    int64_t n_ord = 0;
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t c : dealt[t]) order[n_ord++] = c;
+    at::parallel_for(0, C, per, [&](int64_t c0, int64_t c1) {
+      std::vector<T>& dql = dq_local[at::get_thread_num()];
       std::vector<T> q_buf(rows_per_tile * D), do_buf(rows_per_tile * D), p_buf(rows_per_tile * max_m),
           ds_buf(rows_per_tile * max_m), dq_buf(rows_per_tile * D);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t c = 0; c < C; ++c) {
+      for (int64_t t = c0; t < c1; ++t) {
+        const int64_t c = order[t];
         const int64_t g = bh * C + c;
         const int m = static_cast<int>(off[c + 1] - off[c]);
         if (skip[c] || gp[g + 1] == gp[g] || m == 0) continue;
@@ -78,7 +94,7 @@ void routed_backward_impl(const at::Tensor& q, const at::Tensor& ks, const at::T
           }
         }
       }
-    }
+    });
     at::parallel_for(0, L, 1024, [&](int64_t i0, int64_t i1) {  // dq[bh] += sum of the thread buffers
       for (int t = 0; t < threads; ++t) {
         T* buf = dq_local[t].data();

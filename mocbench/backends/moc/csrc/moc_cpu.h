@@ -18,8 +18,6 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>

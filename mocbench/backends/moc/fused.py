@@ -28,15 +28,13 @@ The kernel is built at first use (see :mod:`cpu_ext`); when it cannot be, this i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from mocbench.backend import check_matches_plan
 from mocbench.backends.moc import cpu_ext
 from mocbench.backends.moc.gather import (_routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward,
-                                          anchor_forward)
+                                          anchor_forward, run_cpu_impl)
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 
@@ -166,20 +164,7 @@ class _MoCFusedFn(torch.autograd.Function):
 
 
 def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """MoC output (B, H, L, D) and its natural-log log-sum-exp (B, H, L), in the compute dtype.
-
-    Uses ``plan.impl_state`` when the plan was prepared for this implementation; any other MoC
-    plan (e.g. one prepared for ``"reference"``) is indexed here, on the fly.
-    """
-    if q.device.type != "cpu":
-        raise ValueError(f"moc impl 'fused' runs on CPU, got {q.device}")
-    check_matches_plan(q, k, v, plan)
-    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), FusedState) else prepare_fused(plan)
-    dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    q_, k_, v_ = (t.to(dt).contiguous() for t in (q, k, v))
-    out, lse = _MoCFusedFn.apply(q_, k_, v_, plan, state, scale)
-    return out.to(q.dtype), lse
+    return run_cpu_impl("fused", _MoCFusedFn, FusedState, prepare_fused, q, k, v, plan)
 
 
 def fused_forward(q, k, v, plan) -> torch.Tensor:

@@ -252,21 +252,26 @@ def prepare_gather(plan) -> GatherState:
     return GatherState(idx, groups)
 
 
-def gather_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
-    """MoC output (B, H, L, D) and its log-sum-exp (B, H, L) (natural log, in the compute dtype).
+def run_cpu_impl(name: str, fn: type[torch.autograd.Function], state_type: type, prepare, q, k, v, plan):
+    """Shared entry of the CPU impls: MoC output (B, H, L, D) and its natural-log log-sum-exp
+    (B, H, L) in the compute dtype (float32/float64 natively; bf16/fp16 computed in float32).
 
     Uses ``plan.impl_state`` when the plan was prepared for this implementation; any other MoC
     plan (e.g. one prepared for ``"reference"``) is indexed here, on the fly.
     """
     if q.device.type != "cpu":
-        raise ValueError(f"moc impl 'gather' runs on CPU, got {q.device}")
+        raise ValueError(f"moc impl {name!r} runs on CPU, got {q.device}")
     check_matches_plan(q, k, v, plan)
-    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), GatherState) else prepare_gather(plan)
+    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), state_type) else prepare(plan)
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     q_, k_, v_ = (t.to(dt).contiguous() for t in (q, k, v))
-    out, lse = _MoCGatherFn.apply(q_, k_, v_, plan, state, scale)
+    out, lse = fn.apply(q_, k_, v_, plan, state, scale)
     return out.to(q.dtype), lse
+
+
+def gather_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
+    return run_cpu_impl("gather", _MoCGatherFn, GatherState, prepare_gather, q, k, v, plan)
 
 
 def gather_forward(q, k, v, plan) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 
 from mocbench.backends.moc import cpu_ext
 from mocbench.backends.moc.gather import (_routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward,
-                                          anchor_forward, run_cpu_impl)
+                                          add_unsorted, anchor_forward, run_cpu_impl)
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 
 
@@ -152,13 +152,8 @@ class _MoCFusedFn(torch.autograd.Function):
                 sl = slice(bh * L + idx.offsets[c], bh * L + idx.offsets[c + 1])
                 dks_rd[sl] += dk
                 dvs_rd[sl] += dv
-            dks_bld, dvs_bld = dks_rd.view(BH, L, D), dvs_rd.view(BH, L, D)
-            if idx.identity_order:
-                dk_bld += dks_bld
-                dv_bld += dvs_bld
-            else:
-                dk_bld.index_add_(1, idx.token_index_l, dks_bld)
-                dv_bld.index_add_(1, idx.token_index_l, dvs_bld)
+            add_unsorted(dk_bld, dks_rd, idx)
+            add_unsorted(dv_bld, dvs_rd, idx)
         shape = q_bhld.shape
         return dq_bld.view(shape), dk_bld.view(shape), dv_bld.view(shape), None, None, None
 

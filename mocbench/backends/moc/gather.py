@@ -181,15 +181,19 @@ def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx:
         K = groups.inv_rk.shape[1]
         for r0, r1 in _bands(BH * L, K, D):
             dq_rd[r0:r1] += dq_ed.index_select(0, groups.inv_rk[r0:r1].flatten()).view(-1, K, D).sum(1)
-        dks_bld, dvs_bld = dks_rd.view(BH, L, D), dvs_rd.view(BH, L, D)
-        if idx.identity_order:
-            dk_bld += dks_bld
-            dv_bld += dvs_bld
-        else:
-            dk_bld.index_add_(1, idx.token_index_l, dks_bld)
-            dv_bld.index_add_(1, idx.token_index_l, dvs_bld)
+        add_unsorted(dk_bld, dks_rd, idx)
+        add_unsorted(dv_bld, dvs_rd, idx)
     shape = q_bhld.shape
     return dq_bld.view(shape), dk_bld.view(shape), dv_bld.view(shape)
+
+
+def add_unsorted(t_bld: torch.Tensor, sorted_rd: torch.Tensor, idx: GatherIndex) -> None:
+    """t (BH, L, D) += a gradient held in chunk-sorted row order (the inverse of :func:`_sorted_kv`)."""
+    sorted_bld = sorted_rd.view(t_bld.shape)
+    if idx.identity_order:
+        t_bld += sorted_bld
+    else:
+        t_bld.index_add_(1, idx.token_index_l, sorted_bld)
 
 
 

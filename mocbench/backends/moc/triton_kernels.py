@@ -88,6 +88,14 @@ def _anchor_tile(q_idx, n_q, L, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _anchor_keys(k_idx, grp, n_k, n0, bh, L, BLOCK_N: tl.constexpr):
+    """A block of an anchor group's keys: their rows (64-bit) and validity."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mn = offs_n < n_k
+    return (bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)).to(tl.int64), mn
+
+
+@triton.jit
 def _online_softmax_step(q, k, v, ok, m_i, l_i, acc, qk_scale, PREC: tl.constexpr):
     """One key block of flash attention's online softmax (scores in the log2 domain)."""
     s = tl.where(ok, tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale, float("-inf"))
@@ -165,9 +173,7 @@ def _anchor_fwd(Q, Kt, Vt, Oa, LSEa, q_idx, k_idx, L, n_q, n_k, qk_scale,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DP], tl.float32)
     for n0 in range(0, n_k, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < n_k
-        kv_rows = (bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)).to(tl.int64)
+        kv_rows, mn = _anchor_keys(k_idx, grp, n_k, n0, bh, L, BLOCK_N)
         k = _load_rows(Kt, kv_rows, mn, d, D)
         v = _load_rows(Vt, kv_rows, mn, d, D)
         m_i, l_i, acc = _online_softmax_step(q, k, v, mrow[:, None] & mn[None, :], m_i, l_i, acc, qk_scale, PREC)
@@ -232,9 +238,7 @@ def _anchor_bwd(Q, Kt, Vt, dO, LSE, Delta, dQ, dK, dV, q_idx, k_idx, L, n_q, n_k
     delta = tl.load(Delta + rows, mask=mrow, other=0.0)
     dq = tl.zeros([BLOCK_M, DP], tl.float32)
     for n0 in range(0, n_k, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < n_k
-        kv_rows = (bh * L + tl.load(k_idx + grp * n_k + offs_n, mask=mn, other=0)).to(tl.int64)
+        kv_rows, mn = _anchor_keys(k_idx, grp, n_k, n0, bh, L, BLOCK_N)
         k = _load_rows(Kt, kv_rows, mn, d, D)
         v = _load_rows(Vt, kv_rows, mn, d, D)
         dq = _backward_step(q, do, k, v, mrow[:, None] & mn[None, :], lse2, delta, dq, dK, dV, kv_rows, mn, d,

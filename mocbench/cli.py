@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mocbench.config import ConfigError, PlanConfig, load_config
+from mocbench.config import ConfigError, PlanConfig, add_config_arguments, load_config
 from mocbench.registry import backend_specs, get_backend
 from mocbench.stats import AttentionStats
 
@@ -192,8 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "layout.tokens_per_frame=936 layout.text_tokens=128 backend=moc params.top_k=5 "
                     "params.chunking=tokens:1280 head_dim=128",
     )
-    p.add_argument("config", nargs="?", help="YAML config (see configs/plan/); optional")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    add_config_arguments(p, "YAML config (see configs/plan/); optional")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_plan)
 
@@ -204,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "written atomically, and a re-run skips finished cells. Example: mocbench bench "
                     "configs/bench/cpu_quick.yaml timing.repeats=3 'workloads.0.shots=[1,2]'",
     )
-    p.add_argument("config", nargs="?", help="YAML sweep config (see configs/bench/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    add_config_arguments(p, "YAML sweep config (see configs/bench/)")
     p.add_argument("--out", help="result store CSV (default: the config's output)")
     p.add_argument("--retry-failed", action="store_true", help="re-measure cells whose row says failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -89,3 +89,13 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         key = getattr(exc, "full_key", None)
         msg = str(exc).strip().splitlines()[0]
         raise ConfigError(f"invalid config{f' key {key!r}' if key else ''}: {msg}") from None
+
+
+def add_config_arguments(parser, config_help: str, *, optional: bool = True,
+                         overrides_help: str = "key=value overrides (OmegaConf dotlist)") -> None:
+    """The ``CONFIG [key=value ...]`` positionals every config-driven subcommand takes (see load_config)."""
+    if optional:
+        parser.add_argument("config", nargs="?", help=config_help)
+    else:
+        parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mocbench.config import add_config_arguments
 from mocbench.eval.runner import EVALUATORS
 
 
@@ -66,7 +67,6 @@ def add_subcommands(sub) -> None:
                     "identical captions and seeds, evaluate, and write the paper table. Example: mocbench paper "
                     "configs/paper/table2_multi_shot.yaml --scale cpu",
     )
-    p.add_argument("config", help="YAML config (see configs/paper/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    add_config_arguments(p, "YAML config (see configs/paper/)", optional=False)
     p.add_argument("--scale", default=None, help="which scale of the config to run (default: the config's scale)")
     p.set_defaults(func=cmd_paper)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mocbench.config import add_config_arguments
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -71,8 +73,8 @@ def add_subcommands(sub) -> None:
                     "finetune, sample, eval, bench) and writes one row into OUT/results.csv; a re-run finishes "
                     "only what is missing. Example: mocbench sweep configs/sweep/ablation_cpu.yaml --dry-run",
     )
-    p.add_argument("config", nargs="?", help="YAML sweep config")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config (OmegaConf dotlist)")
+    add_config_arguments(p, "YAML sweep config",
+                         overrides_help="key=value overrides of the sweep config (OmegaConf dotlist)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their analytic cost; run nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of a table")
     p.add_argument("--retry-failed", action="store_true", help="re-run cells whose row says failed")

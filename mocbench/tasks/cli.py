@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mocbench.config import add_config_arguments
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mocbench.tasks.config import load_task_config
@@ -44,8 +46,7 @@ def add_subcommands(sub) -> None:
                     "backend.name=moc backend.params.top_k=2 trainer.max_steps=200 trainer.devices=2 "
                     "trainer.strategy=ddp. resume=last continues a run; init_from=CKPT starts from a checkpoint's weights.",
     )
-    p.add_argument("config", nargs="?", help="YAML config (see configs/task/)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    add_config_arguments(p, "YAML config (see configs/task/)")
     p.add_argument("--sample", action="store_true", help="sample the final checkpoint into OUT_DIR/samples")
     p.set_defaults(func=cmd_train)
 

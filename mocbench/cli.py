@@ -130,22 +130,29 @@ def _print_frame(title: str, frame) -> None:
 def _print_bench_summary(stores: str | list[str], reference: str) -> None:
     from mocbench.bench.report import build_tables
     from mocbench.bench.store import load_table
+    from mocbench.bench.tables import CROSS_ENV_MARK, CROSS_ENV_NOTE
 
     built = build_tables(load_table(stores), reference)
     if not built["latency_pivot"].empty:
         _print_frame(f"total latency per layer, ms (speed-up vs {reference})", built["latency_pivot"])
+        if built["latency_pivot"].astype(str).apply(lambda col: col.str.endswith(CROSS_ENV_MARK)).any().any():
+            console.print(CROSS_ENV_NOTE, highlight=False)
     if not built["status"].empty:
         _print_frame("skipped / failed cells", built["status"])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mocbench.bench import load_bench_config, run_bench
+    from mocbench.bench.resume import ResumePolicy
 
     cfg = load_bench_config(args.config, args.overrides)
     out = args.out or cfg.output_path
     measured = []
-    store = run_bench(cfg, output=out, retry_failed=args.retry_failed, progress=not args.no_progress,
-                      on_cell_done=lambda cell, row: measured.append(cell.key))
+    policy = ResumePolicy(retry_failed=args.retry_failed, retry_skipped=args.retry_skipped,
+                          reuse_foreign=args.reuse_foreign)
+    store = run_bench(cfg, output=out, policy=policy, progress=not args.no_progress,
+                      on_cell_done=lambda cell, row: measured.append(cell.key),
+                      log=lambda line: console.print(line, highlight=False, markup=False))
     counts = {}
     for row in store.rows.values():
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -204,8 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "configs/bench/cpu_quick.yaml timing.repeats=3 'workloads.0.shots=[1,2]'",
     )
     add_config_arguments(p, "YAML sweep config (see configs/bench/)")
-    p.add_argument("--out", help="result store CSV (default: the config's output)")
+    p.add_argument("--out", help="result store CSV (default: the config's output, else runs/NAME/results.csv)")
     p.add_argument("--retry-failed", action="store_true", help="re-measure cells whose row says failed")
+    p.add_argument("--retry-skipped", action="store_true",
+                   help="re-measure cells whose row says skipped (e.g. after installing a missing package)")
+    p.add_argument("--reuse-foreign", action="store_true",
+                   help="keep finished rows measured in another environment (code, device, torch or threads "
+                        "differ) instead of re-measuring them; reports mark them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 

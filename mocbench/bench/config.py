@@ -8,7 +8,7 @@ timing and validation settings), so re-running a config skips cells that are alr
 YAML shape (see configs/bench/)::
 
     name: cpu_quick
-    output: results/cpu_quick/results.csv
+    output: runs/cpu_quick/results.csv   # optional; --out overrides it
     backends:
       - {name: dense}
       - {name: moc, params: {top_k: 2, chunking: frame}}
@@ -94,7 +94,7 @@ class BenchConfig:
     """``mocbench bench``: every backend entry x every workload cell, timed, into one result store."""
 
     name: str = "bench"
-    output: str | None = None  # default results/<name>/results.csv
+    output: str | None = None  # default runs/<name>/results.csv (committed results only when asked for)
     seed: int = 0
     reference: str = "dense"  # the label speed-ups are computed against
     threads: int | None = None  # CPU: torch.set_num_threads for the run (None: torch's default)
@@ -105,7 +105,7 @@ class BenchConfig:
 
     @property
     def output_path(self) -> str:
-        return self.output or f"results/{self.name}/results.csv"
+        return self.output or f"runs/{self.name}/results.csv"
 
 
 @dataclass(frozen=True)

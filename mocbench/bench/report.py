@@ -56,9 +56,12 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
     written: list[Path] = []
     (out / "tables").mkdir(parents=True, exist_ok=True)
     built = build_tables(df, reference)
+    full = tables.with_derived(df, reference)
     md_parts = [(f"# Benchmark report\n\nStores: {', '.join(f'`{s}`' for s in stores)}; "
                  f"{len(df)} cells ({', '.join(f'{n} {s}' for s, n in df['status'].value_counts().items())}); "
                 f"speed-ups are vs `{reference}` on the same workload cell.\n")]
+    if full["cross_env"].any():
+        md_parts.append(tables.CROSS_ENV_NOTE + "\n")
     for name, table in built.items():
         caption = TABLES[name][0].format(ref=reference)
         base = out / "tables" / name
@@ -71,7 +74,6 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
         from mocbench.bench import figures as figs
 
         (out / "figures").mkdir(parents=True, exist_ok=True)
-        full = tables.with_derived(df, reference)
         for stem, fig in (("latency_vs_shots", figs.latency_vs_shots(full)),
                           ("speedup_vs_sparsity", figs.speedup_vs_sparsity(full, reference))):
             paths = figs.save(fig, out / "figures", stem)

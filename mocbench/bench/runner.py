@@ -1,6 +1,7 @@
 """Run a benchmark sweep: for every cell, skip-or-validate-then-time, and write one row.
 
-Order per cell: (1) already in the store -> nothing; (2) unsupported here (missing package,
+Order per cell: (1) already in the store, measured in this environment -> nothing (see
+:mod:`mocbench.bench.resume`); (2) unsupported here (missing package,
 device, dtype, head_dim, no backward, no CUDA) -> a ``skipped`` row with every reason;
 (3) validation against the float64 masked reference on a shrunken layout -> a ``failed`` row
 on mismatch; (4) measured and analytic accounting, then timing of ``prepare`` (routing),
@@ -20,45 +21,50 @@ import torch
 
 from mocbench.backend import AttentionBackend
 from mocbench.bench.config import BenchConfig, Cell, config_hash, expand_cells
-from mocbench.bench.env import environment
+from mocbench.bench.env import comparable_environment, environment
+from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore
 from mocbench.bench.timing import peak_memory_mb, time_call
 from mocbench.bench.validate import small_layout, validate_backend
 from mocbench.registry import get_backend
 
 
-def run_bench(cfg: BenchConfig, *, output: str | None = None, retry_failed: bool = False, progress: bool = True,
-              on_cell_done: Callable[[Cell, dict], None] | None = None) -> ResultStore:
-    """Measure every cell of ``cfg`` not yet in the store at ``output`` (default ``cfg.output_path``)."""
+def run_bench(cfg: BenchConfig, *, output: str | None = None, policy: ResumePolicy = ResumePolicy(),
+              progress: bool = True, on_cell_done: Callable[[Cell, dict], None] | None = None,
+              log: Callable[[str], None] = print) -> ResultStore:
+    """Measure every cell of ``cfg`` that ``policy`` says needs it, into the store at ``output``
+    (default ``cfg.output_path``). Other processes may write the same store at the same time: each
+    cell is re-checked against the store just before it is measured, so none is measured twice."""
     cells = expand_cells(cfg)
     store = ResultStore(output or cfg.output_path)
-    todo = [c for c in cells if not store.done(c.key, retry_failed=retry_failed)]
     chash = config_hash(cfg)
-    bar = _progress(progress)
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        _run_cells(cfg, cells, todo, store, chash, bar, on_cell_done)
+        envs = {dev: comparable_environment(dev) for dev in {c.device for c in cells}}
+        env_of = {c.key: envs[c.device] for c in cells}
+        for line in foreign_notices(store, [c.key for c in cells], policy, env_of.__getitem__):
+            log(line)
+        todo = [c for c in cells if needs_run(store, c.key, policy, env_of[c.key])]
+        with _progress(progress) or nullcontext() as bar:
+            task = bar.add_task("bench", total=len(cells), completed=len(cells) - len(todo)) if bar else None
+            for cell in todo:
+                store.refresh()  # another writer may have finished this cell meanwhile
+                if needs_run(store, cell.key, policy, env_of[cell.key]):
+                    if bar:
+                        bar.update(task, description=f"{cell.label} | {cell.workload} shots={cell.shots} "
+                                                     f"frames={cell.frames} {cell.pass_}")
+                    row = measure_cell(cell, cfg)
+                    row["config_hash"], row["config_name"] = chash, cfg.name
+                    store.add(row)
+                    if on_cell_done is not None:
+                        on_cell_done(cell, row)
+                if bar:
+                    bar.advance(task)
     finally:
         torch.set_num_threads(threads)
     return store
-
-
-def _run_cells(cfg, cells, todo, store, chash, bar, on_cell_done) -> None:
-    with bar or nullcontext():
-        task = bar.add_task("bench", total=len(cells), completed=len(cells) - len(todo)) if bar else None
-        for cell in todo:
-            if bar:
-                bar.update(task, description=f"{cell.label} | {cell.workload} shots={cell.shots} "
-                                             f"frames={cell.frames} {cell.pass_}")
-            row = measure_cell(cell, cfg)
-            row["config_hash"], row["config_name"] = chash, cfg.name
-            store.add(row)
-            if bar:
-                bar.advance(task)
-            if on_cell_done is not None:
-                on_cell_done(cell, row)
 
 
 def _progress(enabled: bool):

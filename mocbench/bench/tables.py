@@ -1,8 +1,9 @@
 """Report tables: pure functions from the result-store DataFrame to pandas tables, and
 minimal Markdown / LaTeX writers for them (no measuring here).
 
-* :func:`with_derived`   adds ``speedup`` (reference total / row total, same workload cell) and
-                         ``flops_ratio`` (measured / analytic total FLOPs)
+* :func:`with_derived`   adds ``speedup`` (reference total / row total, same workload cell),
+                         ``flops_ratio`` (measured / analytic total FLOPs) and ``cross_env`` (the row
+                         and its reference were measured in different environments: marked ‡)
 * :func:`latency_table`  long table: prepare / forward / total (median ± IQR), speed-up, TFLOP/s
 * :func:`latency_pivot`  tokens/shots x backend: "total ms (speed-up)"
 * :func:`flops_table`    measured vs analytic FLOPs and sparsity
@@ -16,6 +17,11 @@ import math
 
 import pandas as pd
 
+from mocbench.bench.env import COMPARABLE
+
+CROSS_ENV_MARK = "‡"
+CROSS_ENV_NOTE = (f"{CROSS_ENV_MARK} measured in another environment than the reference row of its cell (code, "
+                  "device, torch or threads differ, e.g. kept with --reuse-foreign): not a side-by-side ratio")
 # Columns that identify one workload cell: rows sharing them are comparable (speed-up).
 CELL_COLUMNS = ["workload", "shots", "frames", "tokens_per_frame", "text_tokens", "text_placement", "tokens",
                 "batch", "heads", "head_dim", "dtype", "device", "pass"]
@@ -25,8 +31,13 @@ def with_derived(df: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
     """``df`` plus ``speedup`` vs the ``reference`` label's ok row of the same cell, and ``flops_ratio``."""
     df = df.copy()
     ok = df[(df["status"] == "ok") & (df["label"] == reference)]
-    ref = ok.drop_duplicates(CELL_COLUMNS, keep="last").set_index(CELL_COLUMNS)["total_ms"].rename("reference_ms")
-    df = df.join(ref, on=CELL_COLUMNS)
+    env_cols = [c for c in COMPARABLE if c in df.columns]
+    ref = ok.drop_duplicates(CELL_COLUMNS, keep="last").set_index(CELL_COLUMNS)[["total_ms", *env_cols]]
+    df = df.join(ref.rename(columns={"total_ms": "reference_ms", **{c: f"reference_{c}" for c in env_cols}}),
+                 on=CELL_COLUMNS)
+    df["cross_env"] = False
+    for c in env_cols:
+        df["cross_env"] |= df[f"reference_{c}"].notna() & (df[c] != df[f"reference_{c}"])
     df["speedup"] = df["reference_ms"] / df["total_ms"]
     df["flops_ratio"] = df["total_flops"] / df["est_total_flops"]
     df["dense_over_total"] = df["dense_flops"] / df["total_flops"]
@@ -55,8 +66,10 @@ def latency_pivot(df: pd.DataFrame) -> pd.DataFrame:
     ok = _ok_sorted(df)
     if ok.empty:
         return pd.DataFrame()
-    text = ok.assign(cell=[f"{ms:.3g} ({sp:.2f}x)" if not math.isnan(sp) else f"{ms:.3g}"
-                           for ms, sp in zip(ok["total_ms"], ok["speedup"])])
+    mark = ok["cross_env"] if "cross_env" in ok.columns else [False] * len(ok)
+    text = ok.assign(cell=[(f"{ms:.3g} ({sp:.2f}x)" if not math.isnan(sp) else f"{ms:.3g}")
+                           + (f" {CROSS_ENV_MARK}" if cross else "")
+                           for ms, sp, cross in zip(ok["total_ms"], ok["speedup"], mark)])
     index = ["workload", "device", "dtype", "pass", "shots", "tokens"]
     labels = list(dict.fromkeys(ok["label"]))
     pivot = text.pivot_table(index=index, columns="label", values="cell", aggfunc="last")

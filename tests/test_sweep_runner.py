@@ -149,3 +149,30 @@ def test_parallel_path_merges_worker_rows(tmp_path, monkeypatch):
     assert len(calls) == 6 and len(set(calls)) == 6  # each cell ran once, on one worker
     assert len(store) == 6 and sum(r["status"] == "failed" for r in store.rows.values()) == 2
     assert len(ResultStore(tmp_path / "out" / "results.csv")) == 6
+
+
+def test_cells_measured_in_another_environment_run_again_unless_reused(tmp_path):
+    """A sweep store copied from another machine or commit is not reused silently: its cells run again
+    (their stage markers are not read back), with one notice line; --reuse-foreign keeps them."""
+    import csv
+
+    cfg = _cfg(tmp_path)
+    calls: list[str] = []
+    run_sweep(cfg, progress=False, stage_fns={"bench": _fake(calls)})
+    path = tmp_path / "out" / "results.csv"
+    rows = list(ResultStore(path).rows.values())
+    for r in rows:
+        r["env_device"] = "Another GPU"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    kept: list[str] = []
+    lines: list[str] = []
+    run_sweep(cfg, progress=False, reuse_foreign=True, stage_fns={"bench": _fake(kept)}, log=lines.append)
+    assert kept == [] and len(lines) == 1 and "keeping" in lines[0] and "env_device Another GPU ->" in lines[0]
+    again: list[str] = []
+    lines.clear()
+    run_sweep(cfg, progress=False, stage_fns={"bench": _fake(again)}, log=lines.append)
+    assert sorted(again) == sorted(calls) and "re-measuring 6 row(s)" in lines[0]
+    assert all(r["env_device"] != "Another GPU" for r in ResultStore(path).rows.values())

@@ -20,7 +20,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     vb = VBenchSettings(**{**vb.__dict__, "dimensions": dims})
     req = EvalRequest(args.samples, reference=args.reference,
                       evaluators=tuple(e for e in args.evaluators.split(",") if e), store=args.store,
-                      config_name=args.name, force=args.force, vbench=vb, val_num=args.val_num)
+                      config_name=args.name, force=args.force, reuse_foreign=args.reuse_foreign, vbench=vb,
+                      val_num=args.val_num)
     store = evaluate(req)
     print(f"result store: {store.path} ({len(store)} rows); table: mocbench report {store.path} --table paper2")
     return 0
@@ -51,6 +52,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--store", help="result store CSV (default: SAMPLES/../eval.csv)")
     p.add_argument("--name", default="", help="config name written into every row")
     p.add_argument("--force", action="store_true", help="re-evaluate rows that are already in the store")
+    p.add_argument("--reuse-foreign", action="store_true",
+                   help="keep rows evaluated in another environment (code, torch or threads differ) instead of "
+                        "evaluating again")
     p.add_argument("--val-num", type=int, default=None, help="held-out videos for val_loss (default: data.val_size)")
     p.add_argument("--vbench-python", help="interpreter of the VBench env (default .venv-vbench/bin/python, "
                                            "or $MOCBENCH_VBENCH_PYTHON)")

@@ -4,7 +4,8 @@ Rows go into a :class:`mocbench.bench.store.ResultStore` (CSV, atomic writes, re
 per (evaluator, sample set), and for the real VBench one row per dimension, keyed by evaluator,
 backend label and a hash of (checkpoint, seed, num, steps, sampler), with status ``ok`` /
 ``skipped`` (with the reason) / ``failed`` (with the error), the metrics as columns, ``proxy=1``
-on weight-free approximations, and the environment. A re-run skips finished rows unless ``force``.
+on weight-free approximations, and the environment. A re-run skips finished rows unless ``force``, and evaluates again rows written in
+another environment (code, device, torch, threads) unless ``reuse_foreign``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class EvalRequest:
     store: str | None = None  # default: SAMPLES/../eval.csv
     config_name: str = ""
     force: bool = False
+    reuse_foreign: bool = False  # keep rows evaluated in another environment (see mocbench.bench.resume)
     vbench: VBenchSettings = field(default_factory=VBenchSettings)
     val_num: int | None = None
 
@@ -102,7 +104,8 @@ RUNNERS: dict[str, Callable[[SampleSet, EvalRequest], dict]] = {
 # ----------------------------------------------------------------------------- driver
 def evaluate(req: EvalRequest, log: Callable[[str], None] = print):
     """Run ``req``; returns the store. Raises ``ValueError`` for bad inputs (missing folder, ...)."""
-    from mocbench.bench.env import environment
+    from mocbench.bench.env import comparable_environment, environment
+    from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
     from mocbench.bench.store import ResultStore
 
     samples = SampleSet.load(req.samples)
@@ -114,12 +117,16 @@ def evaluate(req: EvalRequest, log: Callable[[str], None] = print):
             "label": samples.label, "family": "eval", "params": json.dumps(samples.backend_params, sort_keys=True),
             "samples": str(samples.root), "checkpoint": samples.checkpoint, "seed": samples.meta.get("seed"),
             "num": len(samples), "steps": samples.meta.get("steps"), "device": "cpu", **environment("cpu")}
-    for name in req.evaluators:
+    env = comparable_environment("cpu")
+    policy = ResumePolicy(reuse_foreign=req.reuse_foreign)
+    keys = [f"eval|{name}|{samples.label}|{base['config_hash']}" for name in req.evaluators]
+    for line in foreign_notices(store, [k for k in keys if k in store.rows], policy, lambda key: env):
+        log(line)
+    for name, key in zip(req.evaluators, keys):
         if name == "vbench":
             _run_vbench(samples, req, store, base, log)
             continue
-        key = f"eval|{name}|{samples.label}|{base['config_hash']}"
-        if not req.force and store.done(key):
+        if not req.force and not needs_run(store, key, policy, env):
             log(f"{name}: done already ({key})")
             continue
         row = {**base, "key": key, "evaluator": name}
@@ -140,10 +147,13 @@ def evaluate(req: EvalRequest, log: Callable[[str], None] = print):
 
 
 def _run_vbench(samples: SampleSet, req: EvalRequest, store, base: dict, log) -> None:
+    from mocbench.bench.env import comparable_environment
+    from mocbench.bench.resume import ResumePolicy, needs_run
     from mocbench.eval.vbench_real import run_vbench, vbench_python_version
 
     keys = {d: f"eval|vbench|{d}|{samples.label}|{base['config_hash']}" for d in req.vbench.dimensions}
-    todo = [d for d in req.vbench.dimensions if req.force or not store.done(keys[d])]
+    policy, env = ResumePolicy(reuse_foreign=req.reuse_foreign), comparable_environment("cpu")
+    todo = [d for d in req.vbench.dimensions if req.force or needs_run(store, keys[d], policy, env)]
     if not todo:
         log("vbench: done already")
         return

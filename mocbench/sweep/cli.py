@@ -23,7 +23,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     worker = tuple(int(x) for x in args.worker.split("/")) if args.worker else None
     argv = [args.config, *args.overrides] if args.config else list(args.overrides)
-    store = run_sweep(cfg, retry_failed=args.retry_failed, progress=not args.no_progress, worker=worker, argv=argv,
+    store = run_sweep(cfg, retry_failed=args.retry_failed, reuse_foreign=args.reuse_foreign,
+                      progress=not args.no_progress, worker=worker, argv=argv,
                       log=lambda m: console.print(m, highlight=False, markup=False))
     if worker is not None:
         return 0
@@ -78,6 +79,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and their analytic cost; run nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of a table")
     p.add_argument("--retry-failed", action="store_true", help="re-run cells whose row says failed")
+    p.add_argument("--reuse-foreign", action="store_true",
+                   help="keep finished cells measured in another environment (code, device, torch or threads "
+                        "differ) instead of running them again")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("--no-report", action="store_true", help="do not write tables/figures at the end")
     p.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")

@@ -21,6 +21,8 @@ import time
 import traceback
 from pathlib import Path
 
+from mocbench.bench.env import COMPARABLE
+from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore, atomic_write_text
 from mocbench.sweep.spec import STAGES, SweepCell, SweepConfig, expand
 from mocbench.sweep.stages import STAGE_FNS, Context
@@ -135,9 +137,14 @@ class _Display:
             self.update(note=msg[-60:])
 
 
-def run_sweep(cfg: SweepConfig, *, retry_failed: bool = False, progress: bool = True, stage_fns: dict | None = None,
-              worker: tuple[int, int] | None = None, argv: list[str] | None = None, log=print) -> ResultStore:
-    """Run every unfinished cell of ``cfg``; returns the store (``OUT/results.csv``)."""
+def run_sweep(cfg: SweepConfig, *, retry_failed: bool = False, reuse_foreign: bool = False, progress: bool = True,
+              stage_fns: dict | None = None, worker: tuple[int, int] | None = None, argv: list[str] | None = None,
+              log=print) -> ResultStore:
+    """Run every unfinished cell of ``cfg``; returns the store (``OUT/results.csv``).
+
+    A finished row measured in another environment (code, device, torch or threads; see
+    :mod:`mocbench.bench.resume`) is run again with its own stage markers cleared, unless
+    ``reuse_foreign``; shared training runs (``OUT/train``, ``OUT/finetune``) are reused either way."""
     import torch
 
     cells = expand(cfg)
@@ -145,7 +152,15 @@ def run_sweep(cfg: SweepConfig, *, retry_failed: bool = False, progress: bool = 
     store = ResultStore(out / "results.csv")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    todo = [c for c in cells if not store.done(c.key, retry_failed=retry_failed)]
+    policy = ResumePolicy(retry_failed=retry_failed, reuse_foreign=reuse_foreign)
+    env = {k: v for k, v in _environment().items() if k in COMPARABLE}
+    for line in foreign_notices(store, [c.key for c in cells], policy, lambda key: env):
+        log(line)
+    todo = [c for c in cells if needs_run(store, c.key, policy, env)]
+    for cell in todo:  # a foreign row's per-cell stages are measured again, not read back from their markers
+        if store.done(cell.key, retry_failed=retry_failed):
+            for marker in (out / "cells" / cell.key / "stages").glob("*.json"):
+                marker.unlink()
     if worker is not None:  # a GPU worker: its slice, rows into row.json only
         i, n = worker
         ctx = Context(out, cfg.name, log=log)

@@ -29,12 +29,13 @@ from mocbench.bench.validate import small_layout, validate_backend
 from mocbench.registry import get_backend
 
 
-def run_bench(cfg: BenchConfig, *, output: str | None = None, policy: ResumePolicy = ResumePolicy(),
+def run_bench(cfg: BenchConfig, *, output: str | None = None, policy: ResumePolicy | None = None,
               progress: bool = True, on_cell_done: Callable[[Cell, dict], None] | None = None,
               log: Callable[[str], None] = print) -> ResultStore:
     """Measure every cell of ``cfg`` that ``policy`` says needs it, into the store at ``output``
     (default ``cfg.output_path``). Other processes may write the same store at the same time: each
     cell is re-checked against the store just before it is measured, so none is measured twice."""
+    policy = policy or ResumePolicy()
     cells = expand_cells(cfg)
     store = ResultStore(output or cfg.output_path)
     chash = config_hash(cfg)

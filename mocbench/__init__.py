@@ -24,10 +24,8 @@ __version__ = "0.1.0"
 
 def estimate(layout: TokenLayout, name: str, *, head_dim: int, batch: int = 1, heads: int = 1,
              **params) -> AttentionStats:
-    """Analytic pairs, sparsity and FLOPs of backend ``name`` on ``layout``, without tensors."""
-    from mocbench.backend import check_estimate_args
-
-    check_estimate_args(layout, head_dim, batch, heads)
+    """Analytic pairs, sparsity and FLOPs of backend ``name`` on ``layout``, without tensors
+    (arguments checked by every backend's ``estimate``, see ``AttentionBackend``)."""
     return get_backend(name, **params).estimate(layout, head_dim=head_dim, batch=batch, heads=heads)
 
 

@@ -11,12 +11,14 @@ A backend object is built by the registry from a validated params dataclass. Its
 * ``backend.attention_pattern(q, k, layout)``    ``(B, H, L, L)`` bool, small sizes only
 * ``backend.stats(q, k, layout)``                measured :class:`AttentionStats`
 * ``backend.estimate(layout, head_dim=...)``     analytic :class:`AttentionStats`, no tensors
+* ``backend.workspace_bytes(layout, ...)``       bytes its working set needs (memory checks), no tensors
 * ``backend.not_supported_reasons(...)``         why a device/dtype/shape is refused (empty: fine)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ import torch
 from mocbench.layout import TokenLayout
 from mocbench.params import params_as_dict
 from mocbench.stats import AttentionStats
+from mocbench.workspace import fused_attention_bytes, layout_bytes
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Beyond this many booleans attention_pattern refuses (it is an inspection tool, not a kernel).
@@ -170,6 +173,15 @@ class AttentionBackend:
     def __init__(self, params: Any):
         self.params = params
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every backend's ``estimate`` (built-in or third-party) checks its arguments here, in one
+        # place: a negative head_dim or a zero batch would otherwise give negative FLOPs or a
+        # division by zero deep in the accounting.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("estimate")
+        if own is not None and not getattr(own, "_checks_args", False):
+            cls.estimate = _checked_estimate(own)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in params_as_dict(self.params).items())
         return f"{self.name}({args})"
@@ -275,6 +287,15 @@ class AttentionBackend:
         """Analytic accounting from the layout and params alone (moc-spec §7)."""
         raise NotImplementedError
 
+    def workspace_bytes(self, layout: TokenLayout, *, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
+                        device: str = "cpu", requires_grad: bool = False) -> int:
+        """Upper bound of the bytes one ``prepare`` + ``forward`` (+ backward, with ``requires_grad``)
+        allocates on ``device`` beyond q, k, v, the output, ``grad_out`` and the gradients; from sizes
+        alone, no tensors (:mod:`mocbench.workspace`). This default is a fused flash-style kernel plus the
+        layout's per-token tables; a backend that materialises more (masks, scores, routing) overrides it."""
+        return (fused_attention_bytes(batch, heads, layout.num_tokens, head_dim, dtype, requires_grad=requires_grad)
+                + layout_bytes(layout.num_tokens))
+
 
 def _field_default(cls: type, name: str) -> Any:
     for f in dataclasses.fields(cls):
@@ -287,11 +308,25 @@ def _field_default(cls: type, name: str) -> Any:
 
 
 def _check_scale(scale: float | None) -> None:
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ValueError(f"scale must be a positive float or None (1/sqrt(head_dim)), got {scale!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0
+                              or not math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite float > 0 or None (1/sqrt(head_dim)), got {scale!r}")
+
+
+def _checked_estimate(estimate):
+    """``estimate`` with its arguments checked first (see ``AttentionBackend.__init_subclass__``)."""
+
+    @functools.wraps(estimate)
+    def checked(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1) -> AttentionStats:
+        check_estimate_args(layout, head_dim, batch, heads)
+        return estimate(self, layout, head_dim=head_dim, batch=batch, heads=heads)
+
+    checked._checks_args = True
+    return checked
 
 
 def check_estimate_args(layout: TokenLayout, head_dim: int, batch: int, heads: int) -> None:
+    """The arguments of ``estimate``: a TokenLayout and positive ints (bools refused)."""
     if not isinstance(layout, TokenLayout):
         raise TypeError(f"layout must be a mocbench.TokenLayout, got {type(layout).__name__}")
     for name, value in (("head_dim", head_dim), ("batch", batch), ("heads", heads)):

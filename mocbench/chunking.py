@@ -73,6 +73,10 @@ class ChunkTable:
     ``sizes``         (C,)    tokens per chunk
     ``order``         (C,)    stream position of each chunk's first token (strictly increasing)
     ``is_text``       (C,)    True for caption chunks
+
+    Dense (built on first access, O(C x S): for runtime paths and inspection, never for analytic
+    accounting, which works on the pieces):
+
     ``shot_overlap``  (C, S)  tokens of chunk c that belong to shot s
 
     Per token (built on first access, O(L)):
@@ -90,9 +94,10 @@ class ChunkTable:
     sizes: torch.Tensor
     order: torch.Tensor
     is_text: torch.Tensor
-    shot_overlap: torch.Tensor
     piece_chunk: torch.Tensor  # (N,) chunk of each piece, pieces in stream order
     piece_len: torch.Tensor  # (N,)
+    piece_shot: torch.Tensor  # (N,) shot of each piece (a piece lies in one segment, so in one shot)
+    num_shots: int
 
     @property
     def num_chunks(self) -> int:
@@ -114,10 +119,21 @@ class ChunkTable:
         out[1:] = torch.cumsum(self.sizes, 0)
         return out
 
+    @functools.cached_property
+    def shot_overlap(self) -> torch.Tensor:
+        """(C, S) tokens of chunk c that belong to shot s (dense: O(C x S) memory)."""
+        C, S = self.num_chunks, self.num_shots
+        flat = torch.zeros(C * S, dtype=torch.int64).index_add_(0, self.piece_chunk * S + self.piece_shot,
+                                                                self.piece_len)
+        return flat.view(C, S)
+
     @property
     def chunk_shot(self) -> torch.Tensor:
         """(C,) the shot of each chunk's first token (its only shot, for content-aligned rules)."""
-        return (self.shot_overlap > 0).to(torch.int8).argmax(dim=1)
+        n = self.piece_chunk.numel()
+        first = torch.full((self.num_chunks,), n, dtype=torch.int64)
+        first = first.scatter_reduce(0, self.piece_chunk, torch.arange(n), reduce="amin")  # pieces in stream order
+        return self.piece_shot[first]
 
 
 def _video_piece_sizes(frames: int, tpf: int, rule: ChunkRule) -> torch.Tensor:
@@ -175,6 +191,4 @@ def build_chunk_table(layout: "TokenLayout", rule: ChunkRule) -> ChunkTable:
     sizes = torch.zeros(n_chunks, dtype=torch.int64).index_add_(0, piece_chunk, length)
     is_text = torch.zeros(n_chunks, dtype=torch.bool)
     is_text[piece_chunk] = text
-    S = layout.num_shots
-    shot_overlap = torch.zeros(n_chunks * S, dtype=torch.int64).index_add_(0, piece_chunk * S + shot, length)
-    return ChunkTable(rule, sizes, first[perm], is_text, shot_overlap.view(n_chunks, S), piece_chunk, length)
+    return ChunkTable(rule, sizes, first[perm], is_text, piece_chunk, length, shot, layout.num_shots)

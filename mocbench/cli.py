@@ -1,7 +1,8 @@
 """The ``mocbench`` command line: ``backends``, ``plan``, ``bench``, ``report`` (later issues add train/eval).
 
 Every subcommand has ``--help``. Configs are YAML files plus ``key=value`` overrides.
-User errors (bad config, unknown backend, bad layout) print one clear line and exit 2.
+User errors (bad config, value, path or file) print one line on stderr naming the culprit and exit 2
+(``mocbench --debug`` or ``MOCBENCH_DEBUG=1`` adds the traceback); internal bugs keep their traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import argparse
 import json
 import shutil
 import sys
+import traceback
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from mocbench.config import ConfigError, PlanConfig, add_config_arguments, load_config
+from mocbench.config import PlanConfig, add_config_arguments, load_config
+from mocbench.errors import DEBUG_ENV, check_output_dir, debug_enabled, one_line, user_message
 from mocbench.registry import backend_specs, get_backend
 from mocbench.stats import AttentionStats
 
@@ -145,7 +148,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mocbench.bench import load_bench_config, run_bench
     from mocbench.bench.resume import ResumePolicy
 
-    cfg = load_bench_config(args.config, args.overrides)
+    overrides = [*args.overrides, *([f"max_memory_gib={args.max_memory}"] if args.max_memory is not None else [])]
+    cfg = load_bench_config(args.config, overrides)
     out = args.out or cfg.output_path
     measured = []
     policy = ResumePolicy(retry_failed=args.retry_failed, retry_skipped=args.retry_skipped,
@@ -164,6 +168,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
     if args.figure or args.table == "ablation":  # sweep outputs (mocbench.sweep.report)
         from mocbench.sweep.report import cmd_report_sweep
 
@@ -184,8 +190,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mocbench", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="mocbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backends", help="list registered attention backends and whether they run here")
@@ -213,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, "YAML sweep config (see configs/bench/)")
     p.add_argument("--out", help="result store CSV (default: the config's output, else runs/NAME/results.csv)")
     p.add_argument("--retry-failed", action="store_true", help="re-measure cells whose row says failed")
+    p.add_argument("--max-memory", metavar="GIB", help="memory budget of a cell in GiB (default: free CUDA memory, "
+                   "or MemAvailable on CPU); a cell estimated above it is recorded skipped, nothing allocated")
     p.add_argument("--retry-skipped", action="store_true",
                    help="re-measure cells whose row says skipped (e.g. after installing a missing package)")
     p.add_argument("--reuse-foreign", action="store_true",
@@ -245,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     from mocbench.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep
 
     add_sweep_subcommands(sub)
+    from mocbench.memory.cli import add_subcommands as add_memory_subcommands  # memory
+
+    add_memory_subcommands(sub)
+    from mocbench.integrations.diffusers.cli import add_subcommands as add_model_subcommands  # bench-model
+
+    add_model_subcommands(sub)
     return parser
 
 
@@ -261,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except (ConfigError, ValueError, TypeError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        console.print(f"[red]error:[/] {msg}", highlight=False)
+    except Exception as exc:  # sorted by user_message: a user mistake (exit 2) or a bug (re-raised)
+        msg = user_message(exc)
+        if msg is None:
+            raise  # an internal bug: its traceback is the report
+        if args.debug or debug_enabled():
+            traceback.print_exc()
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 

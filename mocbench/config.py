@@ -7,20 +7,24 @@ with the same error messages as the Python API.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TypeVar
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mocbench.errors import ConfigError, read_text, yaml_problem
 from mocbench.layout import TokenLayout
 
 T = TypeVar("T")
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
+__all__ = ["BackendConfig", "ConfigError", "LayoutConfig", "PlanConfig", "add_config_arguments", "config_errors",
+           "load_config", "load_yaml", "parse_overrides"]
 
 
 @dataclass
@@ -39,7 +43,8 @@ class LayoutConfig:
         if shots is None:
             shots = len(frames) if isinstance(frames, list) else 1
         if shots == 1 and not isinstance(frames, list) and not isinstance(text, list):
-            return TokenLayout.single_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame)
+            return TokenLayout.single_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame,
+                                           text_placement=self.text_placement)
         return TokenLayout.multi_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame,
                                       text_placement=self.text_placement, shots=shots)
 
@@ -70,25 +75,59 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
 
 
+@contextmanager
+def config_errors(what: str = "invalid config", key: str | None = None,
+                  default_key: str | None = None) -> Iterator[None]:
+    """Turn an OmegaConf error inside the block into one ``ConfigError`` line naming the key:
+    ``key`` (the override as typed), else the error's own full key, else ``default_key``
+    (``invalid config key 'layout.shots': Value 'x' ...``)."""
+    try:
+        yield
+    except OmegaConfBaseException as exc:
+        name = key or getattr(exc, "full_key", None) or default_key
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what}{f' key {name!r}' if name else ''}: {msg}") from None
+
+
+def load_yaml(path: str | Path, what: str = "config file") -> DictConfig:
+    """A YAML mapping from ``path``; a missing/unreadable/binary file, invalid YAML (with its line), an
+    empty file or a top level that is not a mapping is a ``ConfigError`` naming the file."""
+    text = read_text(path, what)
+    try:
+        cfg = OmegaConf.load(io.StringIO(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{what} {str(path)!r}: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{what} {str(path)!r} must be a YAML mapping of keys (key: value), "
+                          f"got a {type(OmegaConf.to_container(cfg)).__name__}")
+    if not cfg:
+        raise ConfigError(f"{what} {str(path)!r} is empty (no keys); give a config with keys or no file at all")
+    return cfg
+
+
+def parse_overrides(overrides: list[str] | None) -> list[str]:
+    """The ``key=value`` overrides as a list; anything else is a ConfigError listing the culprits."""
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    return overrides
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Merge ``schema`` defaults <- YAML file <- dotlist overrides; return the dataclass instance."""
-    try:
-        cfg = OmegaConf.structured(schema)
-        if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file {str(p)!r} does not exist")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+    overrides = parse_overrides(overrides)
+    cfg = OmegaConf.structured(schema)
+    if path is not None:
+        data = load_yaml(path)
+        with config_errors(f"config file {str(path)!r}: invalid"):
+            cfg = OmegaConf.merge(cfg, data)
+    with config_errors():
         if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"overrides must look like key=value, got {bad}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        msg = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"invalid config{f' key {key!r}' if key else ''}: {msg}") from None
 
 
 def add_config_arguments(parser, config_help: str, *, optional: bool = True,

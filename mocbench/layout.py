@@ -20,8 +20,8 @@ from mocbench.chunking import ChunkRule, ChunkTable, build_chunk_table
 
 TEXT = 0
 VIDEO = 1
-Placement = Literal["interleaved", "front"]
-PLACEMENTS = ("interleaved", "front")
+Placement = Literal["interleaved", "front", "back"]
+PLACEMENTS = ("interleaved", "front", "back")
 
 
 def _check_count(name: str, value: object, *, minimum: int) -> int:
@@ -83,16 +83,19 @@ class TokenLayout:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def single_shot(cls, *, text_tokens: int, frames: int, tokens_per_frame: int) -> "TokenLayout":
-        """One caption (``text_tokens`` may be 0) followed by ``frames`` x ``tokens_per_frame`` video tokens."""
+    def single_shot(cls, *, text_tokens: int, frames: int, tokens_per_frame: int,
+                    text_placement: Placement = "front") -> "TokenLayout":
+        """One caption (``text_tokens`` may be 0) and ``frames`` x ``tokens_per_frame`` video tokens: the
+        caption first (``text_placement="front"``; ``"interleaved"`` is the same for one shot) or after
+        the video (``"back"``, e.g. HunyuanVideo, Mochi)."""
+        if text_placement not in PLACEMENTS:
+            raise ValueError(f"text_placement must be one of {PLACEMENTS}, got {text_placement!r}")
         _check_count("text_tokens", text_tokens, minimum=0)
         _check_count("frames", frames, minimum=1)
         _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
-        segs = []
-        if text_tokens:
-            segs.append(Segment("text", 0, tokens=text_tokens))
-        segs.append(Segment("video", 0, frames=frames, tokens_per_frame=tokens_per_frame))
-        return cls(tuple(segs))
+        text = [Segment("text", 0, tokens=text_tokens)] if text_tokens else []
+        video = [Segment("video", 0, frames=frames, tokens_per_frame=tokens_per_frame)]
+        return cls(tuple(video + text if text_placement == "back" else text + video))
 
     @classmethod
     def multi_shot(
@@ -108,8 +111,9 @@ class TokenLayout:
 
         ``text_placement="interleaved"``: ``text_0, video_0, text_1, video_1, ...`` with one
         caption length per shot. ``"front"``: a single global caption (``text_tokens`` has one
-        entry, owned by shot 0) followed by every shot's video. An int for ``frames`` or
-        ``text_tokens`` is repeated ``shots`` times (``shots`` is then required).
+        entry, owned by shot 0) followed by every shot's video. ``"back"``: every shot's video, then
+        one global caption owned by the last shot (shot ids never decrease along the stream). An int
+        for ``frames`` or ``text_tokens`` is repeated ``shots`` times (``shots`` is then required).
         """
         if text_placement not in PLACEMENTS:
             raise ValueError(f"text_placement must be one of {PLACEMENTS}, got {text_placement!r}")
@@ -140,13 +144,12 @@ class TokenLayout:
                 segs.append(Segment("video", s, frames=frames_t[s], tokens_per_frame=tokens_per_frame))
         else:
             if len(text_t) != 1:
-                raise ValueError(
-                    f"text_placement='front' takes one global caption: text_tokens must have 1 entry, got {len(text_t)}"
-                )
-            if text_t[0]:
-                segs.append(Segment("text", 0, tokens=text_t[0]))
-            for s in range(n_shots):
-                segs.append(Segment("video", s, frames=frames_t[s], tokens_per_frame=tokens_per_frame))
+                raise ValueError(f"text_placement={text_placement!r} takes one global caption: text_tokens must have "
+                                 f"1 entry, got {len(text_t)}")
+            video = [Segment("video", s, frames=frames_t[s], tokens_per_frame=tokens_per_frame) for s in range(n_shots)]
+            owner = 0 if text_placement == "front" else n_shots - 1
+            caption = [Segment("text", owner, tokens=text_t[0])] if text_t[0] else []
+            segs = caption + video if text_placement == "front" else video + caption
         return cls(tuple(segs))
 
     @classmethod

@@ -2,8 +2,9 @@
 
 Each backend declares its parameters as a kw-only dataclass. ``build_params`` rejects
 unknown names (suggesting the closest known one), checks every value against the field's
-annotation (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``), then lets
-the dataclass's ``__post_init__`` check ranges. Errors name the backend, the parameter,
+annotation (``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``; a value of the
+right type that is not one of a ``Literal``'s choices is a ``ValueError``, a wrong type a ``TypeError``),
+then lets the dataclass's ``__post_init__`` check ranges. Errors name the backend, the parameter,
 the bad value and what is accepted.
 """
 
@@ -57,6 +58,15 @@ def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value  # pragma: no cover - unannotated exotic types are passed through
 
 
+def _literal_of_type(tp: Any, value: Any) -> bool:
+    """Whether ``tp`` (or a member of its union) is a ``Literal`` with a choice of ``value``'s type."""
+    if get_origin(tp) is Literal:
+        return any(type(a) is type(value) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return any(_literal_of_type(a, value) for a in get_args(tp))
+    return False
+
+
 def build_params(cls: type, owner: str, values: dict[str, Any]) -> Any:
     """Instantiate dataclass ``cls`` from ``values``; ``owner`` names the backend in errors."""
     if not dataclasses.is_dataclass(cls):
@@ -66,14 +76,16 @@ def build_params(cls: type, owner: str, values: dict[str, Any]) -> Any:
     for name in values:
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}?" if close else "."
             known = ", ".join(sorted(fields)) or "(none)"
             raise TypeError(f"backend {owner!r} has no parameter {name!r}{hint} Accepted parameters: {known}")
     coerced: dict[str, Any] = {}
     for name, value in values.items():
         ok, cv = _matches(value, hints[name])
         if not ok:
-            raise TypeError(
+            # the right type but not an accepted value (local_anchor="none") is a ValueError
+            error = ValueError if _literal_of_type(hints[name], value) else TypeError
+            raise error(
                 f"backend {owner!r} parameter {name!r} must be {_type_name(hints[name])}, "
                 f"got {value!r} ({type(value).__name__})"
             )

@@ -7,10 +7,12 @@ Per (batch, head) and layer, forward:
   dense      = 4 * L^2 * D
 Backward attention counts 2.5x forward attention (flash-attention's convention).
 All counts are Python ints, so a million-token layout never overflows.
+Several calls (layers, denoising steps, samples of different lengths) add up with :func:`sum_stats`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 BACKWARD_FACTOR = 2.5
@@ -18,7 +20,8 @@ BACKWARD_FACTOR = 2.5
 
 @dataclass(frozen=True)
 class AttentionStats:
-    """Attended pairs and FLOPs of one attention call (summed over batch and heads)."""
+    """Attended pairs and FLOPs of one attention call (summed over batch and heads), or of several
+    calls added up by :func:`sum_stats`."""
 
     batch: int
     heads: int
@@ -28,9 +31,15 @@ class AttentionStats:
     routing_flops: int = 0
     pooling_flops: int = 0
     num_chunks: int = 0
+    # Set only on a sum of calls with different token counts (then ``tokens`` is the longest call's):
+    # the exact sums over the calls of B*H*L^2 and B*H*L, which batch*heads*tokens^2 could not give.
+    summed_dense_pairs: int | None = None
+    summed_queries: int | None = None
 
     @property
     def dense_pairs(self) -> int:
+        if self.summed_dense_pairs is not None:
+            return self.summed_dense_pairs
         return self.batch * self.heads * self.tokens * self.tokens
 
     @property
@@ -60,7 +69,7 @@ class AttentionStats:
 
     @property
     def mean_keys_per_query(self) -> float:
-        return self.pairs / (self.batch * self.heads * self.tokens)
+        return self.pairs / _queries(self)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -68,6 +77,33 @@ class AttentionStats:
                      "backward_attention_flops", "mean_keys_per_query"):
             d[name] = getattr(self, name)
         return d
+
+
+def sum_stats(parts: Iterable[AttentionStats]) -> AttentionStats:
+    """Several attention calls as one: pairs and FLOPs summed, ``batch`` summed (one per sample and
+    call), so ``sparsity = 1 - sum(pairs) / sum(B*H*L^2)``. Every call must share ``heads`` and
+    ``head_dim``; ``num_chunks`` is the largest call's. Calls of one token count give a plain
+    ``AttentionStats(sum B, H, L, D, ...)``; mixed token counts keep the exact dense-pair and query sums."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("sum_stats needs at least one AttentionStats, got none")
+    for name in ("heads", "head_dim"):
+        values = sorted({getattr(p, name) for p in parts})
+        if len(values) > 1:
+            raise ValueError(f"sum_stats adds calls with one {name}; got {name} = {values}")
+    mixed = len({p.tokens for p in parts}) > 1 or any(p.summed_dense_pairs is not None for p in parts)
+    return AttentionStats(
+        batch=sum(p.batch for p in parts), heads=parts[0].heads, tokens=max(p.tokens for p in parts),
+        head_dim=parts[0].head_dim, pairs=sum(p.pairs for p in parts),
+        routing_flops=sum(p.routing_flops for p in parts), pooling_flops=sum(p.pooling_flops for p in parts),
+        num_chunks=max(p.num_chunks for p in parts),
+        summed_dense_pairs=sum(p.dense_pairs for p in parts) if mixed else None,
+        summed_queries=sum(_queries(p) for p in parts) if mixed else None,
+    )
+
+
+def _queries(stats: AttentionStats) -> int:
+    return stats.summed_queries if stats.summed_queries is not None else stats.batch * stats.heads * stats.tokens
 
 
 def routing_cost(batch: int, heads: int, tokens: int, num_chunks: int, head_dim: int) -> tuple[int, int]:

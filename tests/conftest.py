@@ -21,17 +21,23 @@ import mocbench
 from mocbench import Segment, TokenLayout
 
 MIN_MARGIN = 1e-4
-LAYOUT_KINDS = ("single", "interleaved", "front", "segments")
+LAYOUT_KINDS = ("single", "interleaved", "front", "back", "segments")
 MOC_RULES = ("shot", "frame", "frames:2", "frames:3", "tokens:3", "tokens:5", "fixed:4", "fixed:7")
 
 
 # --------------------------------------------------------------------------- layouts
+def kind_of(i: int) -> str:
+    """The layout kind of case ``i``: the kinds in turn, so every kind is covered."""
+    return LAYOUT_KINDS[i % len(LAYOUT_KINDS)]
+
+
 def random_layout(rng: random.Random, kind: str) -> TokenLayout:
     """A random layout of ``kind``:
 
     * ``single``: one shot, caption 0-5 tokens (0 = no caption);
     * ``interleaved``: 1-4 shots ``text_s, video_s``, every caption 0-5 tokens;
     * ``front``: one global caption (0-5 tokens, shot 0) then every shot's video;
+    * ``back``: every shot's video then one global caption (0-5 tokens, owned by the last shot);
     * ``segments``: explicit segments, each shot's caption (if any) before *or after* its video.
 
     1-4 frames per shot, 1-6 tokens per frame, so L <= 4*4*6 + 4*5 = 116.
@@ -44,9 +50,9 @@ def random_layout(rng: random.Random, kind: str) -> TokenLayout:
     if kind == "interleaved":
         return TokenLayout.multi_shot(text_tokens=[rng.randint(0, 5) for _ in range(shots)], frames=frames,
                                       tokens_per_frame=tpf, text_placement="interleaved")
-    if kind == "front":
+    if kind in ("front", "back"):
         return TokenLayout.multi_shot(text_tokens=[rng.randint(0, 5)], frames=frames, tokens_per_frame=tpf,
-                                      text_placement="front")
+                                      text_placement=kind)
     if kind == "segments":
         segs = []
         for s in range(shots):
@@ -126,14 +132,14 @@ class Case:
         return mocbench.get_backend(self.backend, **{**self.kwargs, **overrides})
 
 
-def moc_cases(n: int = 64) -> list[Case]:
+def moc_cases(n: int = 80) -> list[Case]:
     """n MoC cases covering every layout kind x chunking rule (twice), text_anchor on/off,
     local_anchor shot/chunk/None, causal on/off and top_k from 0 to more than the chunk count."""
     out = []
     for idx in range(n):
         rng = random.Random(1000 + idx)
-        kind = LAYOUT_KINDS[idx % 4]
-        rule = MOC_RULES[(idx // 4) % len(MOC_RULES)]
+        kind = kind_of(idx)
+        rule = MOC_RULES[(idx // len(LAYOUT_KINDS)) % len(MOC_RULES)]
         layout = random_layout(rng, kind)
         C = len(oracle.chunks(layout, rule))
         mode = idx % 5
@@ -173,7 +179,7 @@ def fixed_sparse_cases(reps: int = 2) -> list[Case]:
     for rep in range(reps):
         for name, params in cfgs:
             rng = random.Random(5000 + idx)
-            kind = LAYOUT_KINDS[(idx + rep) % 4]
+            kind = kind_of(idx + rep)
             layout = random_layout(rng, kind)
             out.append(Case(idx, kind, layout, name, params, rng.choice((1, 2)), rng.choice((1, 2)),
                             rng.choice((8, 16)), 20_000 + 31 * idx))

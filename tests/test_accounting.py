@@ -108,3 +108,25 @@ def test_estimate_validates_its_arguments(kw, match):
     lay = TokenLayout.single_shot(text_tokens=2, frames=2, tokens_per_frame=2)
     with pytest.raises(ValueError, match=match):
         mocbench.estimate(lay, "moc", **kw)
+
+
+def test_sum_stats_adds_calls_exactly_even_of_different_lengths():
+    """sum_stats (layers, steps, samples un-padded to different lengths): pairs and FLOPs add up, and sparsity
+    is 1 - sum(pairs) / sum(B*H*L^2) exactly; calls of one length give a plain AttentionStats."""
+    from mocbench.stats import AttentionStats, sum_stats
+
+    a = AttentionStats(2, 3, 10, 8, pairs=400, routing_flops=5, pooling_flops=1, num_chunks=4)
+    b = AttentionStats(1, 3, 7, 8, pairs=100, routing_flops=2, pooling_flops=1, num_chunks=3)
+    same = sum_stats([a, a])
+    assert same == AttentionStats(4, 3, 10, 8, pairs=800, routing_flops=10, pooling_flops=2, num_chunks=4)
+    mixed = sum_stats([a, b])
+    assert mixed.pairs == 500 and mixed.total_flops == a.total_flops + b.total_flops
+    assert mixed.dense_pairs == 2 * 3 * 100 + 3 * 49
+    assert mixed.sparsity == 1 - 500 / (600 + 147)
+    assert mixed.mean_keys_per_query == 500 / (2 * 3 * 10 + 3 * 7)
+    assert mixed.dense_flops == a.dense_flops + b.dense_flops
+    assert sum_stats([mixed, a]).dense_pairs == mixed.dense_pairs + a.dense_pairs
+    with pytest.raises(ValueError, match=r"one heads; got heads = \[3, 4\]"):
+        sum_stats([a, AttentionStats(1, 4, 10, 8, pairs=1)])
+    with pytest.raises(ValueError, match="at least one"):
+        sum_stats([])

@@ -73,4 +73,4 @@ def test_report_writes_tables_figures_and_env(tmp_path, capsys):
 
 def test_report_on_missing_store_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.csv")]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "does not exist" in capsys.readouterr().err

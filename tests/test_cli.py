@@ -62,12 +62,12 @@ def test_plan_prints_a_table(capsys):
 ])
 def test_plan_errors_name_the_bad_key_and_exit_2(capsys, override, message):
     assert main(["plan", override]) == 2
-    assert message in " ".join(capsys.readouterr().out.split())
+    assert message in capsys.readouterr().err
 
 
 def test_missing_config_file_is_reported(capsys):
     assert main(["plan", "no/such/file.yaml"]) == 2
-    assert "does not exist" in capsys.readouterr().out
+    assert "config file 'no/such/file.yaml' does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["backends", "--help"], ["plan", "--help"]])

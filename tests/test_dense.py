@@ -10,11 +10,11 @@ import oracle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LAYOUT_KINDS, draw_inputs, qkv, random_layout, requires_cuda, seeded_grad_out
+from conftest import draw_inputs, kind_of, qkv, random_layout, requires_cuda, seeded_grad_out
 
 import mocbench
 
-LAYOUTS = [pytest.param(random_layout(random.Random(600 + i), LAYOUT_KINDS[i % 4]), id=f"{LAYOUT_KINDS[i % 4]}-{i}")
+LAYOUTS = [pytest.param(random_layout(random.Random(600 + i), kind_of(i)), id=f"{kind_of(i)}-{i}")
            for i in range(6)]
 CPU_KERNELS = ["auto", "math", "flash"]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

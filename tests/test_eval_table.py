@@ -38,21 +38,45 @@ def _rows(path):
     return path
 
 
-def test_paper_table_marks_proxies_bolds_the_best_and_explains_missing_columns(tmp_path):
+def test_paper_table_marks_proxies_bolds_nothing_without_intervals_and_explains_missing_columns(tmp_path):
     df = load_table(_rows(tmp_path / "eval.csv"))
     t = build_paper_table(df, "paper2")
-    assert list(t["values"].index) == ["dense", "moc(top_k=1)", "shot_local", "ground truth (ceiling)"]
+    assert list(t["values"].index) == ["dense", "moc(top_k=1)", "shot_local"]
     md = to_markdown(t)
     dense = next(line for line in md.splitlines() if line.startswith("| dense"))
-    assert "**0.97** |" in dense  # real VBench flickering wins over the proxies, unmarked
-    assert "**0.9**†" in dense and "ref" in dense  # a proxy cell (all tie: all bold), and dense is the fidelity reference
-    moc = next(line for line in md.splitlines() if line.startswith("| moc"))
-    assert "**20**" in moc  # best PSNR among the sparse backends
-    assert "**0.8**" in dense  # best identity consistency
+    assert "0.97 |" in dense  # real VBench flickering wins over the proxies, unmarked
+    assert "0.9†" in dense and "ref" in dense  # a proxy cell, and dense is the fidelity reference
+    assert "**" not in md.split("\n", 1)[1], "no row has intervals, so nothing may be bold"
+    assert "identity" not in md, "the old memory probe (constant grey scores 1) is not a column any more"
+    assert "mocbench memory" in md
     assert "n/a" in dense and "dino_vitbase16_pretrain.pth" in md  # missing weights named in the footnote
     assert "test-cpu" in md and "weight-free proxy" in md
     tex = to_latex(t)
-    assert r"\textbf{0.97}" in tex and r"$^\dagger$" in tex and r"moc(top\_k=1)" in tex
+    assert r"$^\dagger$" in tex and r"moc(top\_k=1)" in tex
+
+
+def _interval_rows(path, moc_interval):
+    store = ResultStore(path)
+    for label, psnr, ckpt in (("dense", math.inf, "d.ckpt"), ("moc", 20.0, "d.ckpt"), ("strided", 16.0, "s.ckpt")):
+        lo, hi = moc_interval if label == "moc" else (psnr - 1, psnr + 1)
+        store.add({"key": f"f|{label}", "status": "ok", "label": label, "backend": label, "evaluator": "fidelity",
+                   "psnr": psnr, "psnr_lo": lo, "psnr_hi": hi, "checkpoint": ckpt})
+    return load_table(path)
+
+
+def test_bold_only_when_the_best_interval_excludes_the_runner_up(tmp_path):
+    md = to_markdown(build_paper_table(_interval_rows(tmp_path / "a.csv", (18.0, 22.0)), "paper1"))
+    assert "**20**" in md  # moc's interval [18, 22] excludes strided's 16
+    md = to_markdown(build_paper_table(_interval_rows(tmp_path / "b.csv", (15.0, 25.0)), "paper1"))
+    assert "**" not in md.split("\n", 1)[1]  # [15, 25] contains 16: noise could explain the ranking
+
+
+def test_swapped_rows_are_marked_and_explained(tmp_path):
+    t = build_paper_table(_interval_rows(tmp_path / "a.csv", (18.0, 22.0)), "paper1")
+    assert t["swaps"] == ["moc"]  # same checkpoint as dense; strided has its own
+    md = to_markdown(t)
+    assert "| moc §" in md and "| strided |" in md and "swapped in without training (moc)" in md
+    assert r"\S{}" in to_latex(t)
 
 
 def test_report_cli_writes_markdown_latex_csv(tmp_path, capsys):
@@ -93,6 +117,6 @@ def test_bad_evaluator_names_and_paths_are_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown evaluator.*'psnr'.*known: fidelity"):
         EvalRequest(str(tmp_path), evaluators=("psnr",))
     assert main(["eval", str(tmp_path / "missing")]) == 2
-    assert "missing" in capsys.readouterr().out
+    assert "missing" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown VBench dimension"):
         VBenchSettings(dimensions=("color_magic",))

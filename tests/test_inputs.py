@@ -1,5 +1,7 @@
 """Input validation at the boundary: bad tensors, layouts and scales give errors naming the value."""
 
+import re
+
 import pytest
 import torch
 
@@ -35,10 +37,16 @@ def test_tensors_must_be_4d_same_shape_dtype_and_float():
         b(q, k, v, [2, 2])
 
 
-def test_scale_must_be_positive():
+@pytest.mark.parametrize("scale", [-1.0, 0.0, 0, float("inf"), float("nan"), True, "0.1"])
+@pytest.mark.parametrize("name", ["dense", "moc"])
+def test_scale_must_be_finite_and_positive(name, scale):
+    """scale=inf used to pass and return NaN; every entry (call and prepare) refuses it, naming the value."""
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="scale must be a positive float or None"):
-        mocbench.get_backend("dense")(q, k, v, LAY, scale=-1.0)
+    b = mocbench.get_backend(name)
+    with pytest.raises(ValueError, match=rf"scale must be a finite float > 0 or None .*got {re.escape(repr(scale))}"):
+        b(q, k, v, LAY, scale=scale)
+    with pytest.raises(ValueError, match="scale must be a finite float > 0"):
+        b.prepare(q, k, LAY, scale=scale)
 
 
 def test_custom_scale_is_honoured():

@@ -28,6 +28,33 @@ def test_interleaved_and_front_placements_order_segments():
     assert front.frame_id.tolist() == [-1] * 5 + [0, 0, 0, 1, 1, 1] + [0, 0, 0]
 
 
+def test_back_placement_puts_the_caption_after_the_video_owned_by_the_last_shot():
+    """text_placement="back": single-shot video then caption (HunyuanVideo, Mochi); multi-shot: every
+    shot's video, then one global caption owned by the last shot, so shot ids never decrease."""
+    single = TokenLayout.single_shot(text_tokens=3, frames=2, tokens_per_frame=2, text_placement="back")
+    assert [(s.kind, s.shot) for s in single.segments] == [("video", 0), ("text", 0)]
+    assert single.modality.tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert single.frame_id.tolist() == [0, 0, 1, 1, -1, -1, -1]
+    assert TokenLayout.multi_shot(text_tokens=[3], frames=[2], tokens_per_frame=2, text_placement="back") == single
+    back = TokenLayout.multi_shot(text_tokens=5, frames=[2, 1, 1], tokens_per_frame=3, text_placement="back")
+    assert [(s.kind, s.shot) for s in back.segments] == [("video", 0), ("video", 1), ("video", 2), ("text", 2)]
+    shot = back.shot_id.tolist()
+    assert shot == [0] * 6 + [1] * 3 + [2] * 3 + [2] * 5
+    assert all(b >= a for a, b in zip(shot, shot[1:]))
+    assert back.frame_id.tolist() == [0, 0, 0, 1, 1, 1] + [0] * 3 + [0] * 3 + [-1] * 5
+    assert back.chunks("frame").is_text.tolist() == [False] * 4 + [True]
+    no_text = TokenLayout.multi_shot(text_tokens=[0], frames=[1, 1], tokens_per_frame=2, text_placement="back")
+    assert [(s.kind, s.shot) for s in no_text.segments] == [("video", 0), ("video", 1)]
+
+
+def test_single_shot_placement_is_validated_and_front_is_the_default():
+    front = TokenLayout.single_shot(text_tokens=2, frames=1, tokens_per_frame=2)
+    assert TokenLayout.single_shot(text_tokens=2, frames=1, tokens_per_frame=2, text_placement="front") == front
+    assert TokenLayout.single_shot(text_tokens=2, frames=1, tokens_per_frame=2, text_placement="interleaved") == front
+    with pytest.raises(ValueError, match="text_placement must be one of .* got 'last'"):
+        TokenLayout.single_shot(text_tokens=2, frames=1, tokens_per_frame=2, text_placement="last")
+
+
 def test_int_arguments_broadcast_over_shots():
     a = TokenLayout.multi_shot(text_tokens=4, frames=3, tokens_per_frame=2, shots=3)
     b = TokenLayout.multi_shot(text_tokens=[4, 4, 4], frames=[3, 3, 3], tokens_per_frame=2)
@@ -111,8 +138,9 @@ def test_single_shot_errors_name_the_argument(kwargs, exc, match):
     [
         (dict(text_tokens=[1, 2], frames=[1, 2, 3], tokens_per_frame=2), ValueError, "one text_tokens entry per shot"),
         (dict(text_tokens=[1, 2], frames=[1], tokens_per_frame=2, text_placement="front"), ValueError, "1 entry"),
-        (dict(text_tokens=[1], frames=[1], tokens_per_frame=2, text_placement="back"), ValueError,
+        (dict(text_tokens=[1], frames=[1], tokens_per_frame=2, text_placement="middle"), ValueError,
          "text_placement must be one of"),
+        (dict(text_tokens=[1, 2], frames=[1, 1], tokens_per_frame=2, text_placement="back"), ValueError, "1 entry"),
         (dict(text_tokens=[1], frames=[], tokens_per_frame=2), ValueError, "frames must not be empty"),
         (dict(text_tokens=[1], frames="12", tokens_per_frame=2), TypeError, "frames must be a list"),
         (dict(text_tokens=[1], frames=[1, -2], tokens_per_frame=2, text_placement="front"), ValueError,
@@ -134,3 +162,13 @@ def test_from_segments_validates_shot_structure():
                                    Segment("video", 1, frames=1, tokens_per_frame=3)])
     with pytest.raises(ValueError, match="segment kind"):
         Segment("audio", 0, tokens=2)
+
+
+def test_layout_config_keeps_text_placement_for_one_shot():
+    """A single-shot config with text_placement=back builds caption-last, never silently caption-first."""
+    from mocbench.config import LayoutConfig
+
+    back = LayoutConfig(shots=1, frames=2, tokens_per_frame=4, text_tokens=3, text_placement="back").build()
+    front = LayoutConfig(shots=1, frames=2, tokens_per_frame=4, text_tokens=3, text_placement="front").build()
+    assert back.segments[0].kind == "video" and back.segments[-1].kind == "text"
+    assert front.segments[0].kind == "text"

@@ -2,9 +2,10 @@
 
 Both impls get the plan from one ``backend.prepare`` call, so routing near-ties cannot make them
 differ; any difference is the attention itself. Covers every chunking rule (incl. ``fixed:m``
-chunks spanning two shots, which are partly anchored with ``local_anchor="shot"``), both text
-placements, anchors on/off, causal on/off, top_k 0..>C, batch/heads > 1, float32/float64/bfloat16,
-gradients of q, k, v, training-mode drop-in/drop-off plans, and the sort/bucket code paths.
+chunks spanning two shots, which are partly anchored with ``local_anchor="shot"``), every text
+placement (interleaved, global caption in front or at the back), anchors on/off, causal on/off,
+top_k 0..>C, batch/heads > 1, float32/float64/bfloat16, gradients of q, k, v, training-mode
+drop-in/drop-off plans, and the sort/bucket code paths.
 'fused' is built at first use (a C++ compiler is needed); where it cannot be, its tests skip with
 the build error as the reason.
 """
@@ -40,12 +41,12 @@ def _layout(rng: random.Random, kind: str) -> TokenLayout:
         return TokenLayout.multi_shot(text_tokens=[rng.randint(0, 5) for _ in range(shots)], frames=frames,
                                       tokens_per_frame=tpf, text_placement="interleaved")
     return TokenLayout.multi_shot(text_tokens=[rng.randint(0, 6)], frames=frames, tokens_per_frame=tpf,
-                                  text_placement="front")
+                                  text_placement=kind)
 
 
 def _case(i: int):
     rng = random.Random(7000 + i)
-    layout = _layout(rng, ("single", "interleaved", "front")[i % 3])
+    layout = _layout(rng, ("single", "interleaved", ("front", "back")[(i // 3) % 2])[i % 3])
     rule = RULES[i % len(RULES)]
     C = layout.chunks(rule).num_chunks
     top_k = (0, C + rng.randint(0, 2), rng.randint(1, max(1, C - 1)), 1)[i % 4]

@@ -17,7 +17,7 @@ from mocbench.backends.moc.reference import moc_mask
 def random_case(seed):
     rng = random.Random(seed)
     shots = rng.randint(1, 3)
-    placement = rng.choice(["interleaved", "front"])
+    placement = rng.choice(["interleaved", "front", "back"])
     text = [rng.randint(0, 6) for _ in range(shots)] if placement == "interleaved" else [rng.randint(1, 9)]
     frames = [rng.randint(1, 4) for _ in range(shots)]
     lay = mocbench.TokenLayout.multi_shot(text_tokens=text, frames=frames, tokens_per_frame=rng.randint(2, 8),

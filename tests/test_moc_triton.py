@@ -60,7 +60,7 @@ def _case(i: int):
                                         frames=[rng.randint(1, 4) for _ in range(shots)], tokens_per_frame=tpf)
     else:
         layout = TokenLayout.multi_shot(text_tokens=[rng.randint(0, 6)], frames=[rng.randint(1, 4) for _ in range(shots)],
-                                        tokens_per_frame=tpf, text_placement="front")
+                                        tokens_per_frame=tpf, text_placement=("front", "back")[(i // 2) % 2])
     rule = RULES[i % len(RULES)]
     C = layout.chunks(rule).num_chunks
     params = dict(top_k=(0, 1, rng.randint(1, max(1, C)), C + 1)[i % 4], chunking=rule,

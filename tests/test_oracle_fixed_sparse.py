@@ -12,7 +12,7 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import LAYOUT_KINDS, case_data, fixed_sparse_cases, qkv, random_layout, seeded_grad_out
+from conftest import case_data, fixed_sparse_cases, kind_of, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -110,8 +110,8 @@ def test_fixed_sparse_stats_match_oracle_and_estimate_is_exact(case):
 
 
 # --------------------------------------------------------------------------- cross-backend identities
-SHOT_LOCAL_EQ = [pytest.param(random_layout(random.Random(800 + i), LAYOUT_KINDS[i % 4]), ta,
-                              id=f"{LAYOUT_KINDS[i % 4]}-{i}-ta{int(ta)}")
+SHOT_LOCAL_EQ = [pytest.param(random_layout(random.Random(800 + i), kind_of(i)), ta,
+                              id=f"{kind_of(i)}-{i}-ta{int(ta)}")
                  for i in range(8) for ta in (True, False)]
 
 

@@ -1,7 +1,7 @@
 """The ``moc`` backend against the independent float64 oracle (tests/oracle.py, moc-spec §3-7).
 
-Random layouts (single-shot, interleaved, front caption, captions after their video, zero-length
-captions) x every chunking rule x text_anchor on/off x local_anchor shot/chunk/None x causal
+Random layouts (single-shot, interleaved, front caption, global caption at the back, captions after
+their video, zero-length captions) x every chunking rule x text_anchor on/off x local_anchor shot/chunk/None x causal
 on/off x top_k from 0 to more than the number of chunks.
 """
 
@@ -12,13 +12,13 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import LAYOUT_KINDS, case_data, draw_inputs, layout_tag, moc_cases, qkv, random_layout, seeded_grad_out
+from conftest import case_data, draw_inputs, kind_of, layout_tag, moc_cases, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
 from mocbench.backends.moc.impls import IMPLS
 
-CASES = moc_cases(64)
+CASES = moc_cases(80)
 IMPL_NAMES = sorted(n for n, impl in IMPLS.items() if "cpu" in impl.devices)  # "auto" resolves to one of these
 GRAD_IMPL_NAMES = [n for n in IMPL_NAMES if not mocbench.get_backend("moc", impl=n).not_supported_reasons(
     device="cpu", dtype=torch.float32, head_dim=8, requires_grad=True)]
@@ -64,7 +64,7 @@ def test_oracle_chunker_hand_example_frames_and_tokens():
 
 CHUNK_RULES = ("shot", "frame", "frames:1", "frames:2", "frames:3", "tokens:1", "tokens:3", "tokens:5",
                "fixed:1", "fixed:4", "fixed:7", "fixed:1000")
-CHUNK_LAYOUTS = [(LAYOUT_KINDS[i % 4], random_layout(random.Random(300 + i), LAYOUT_KINDS[i % 4])) for i in range(16)]
+CHUNK_LAYOUTS = [(kind_of(i), random_layout(random.Random(300 + i), kind_of(i))) for i in range(20)]
 
 
 @pytest.mark.parametrize("rule", CHUNK_RULES)
@@ -200,7 +200,7 @@ def test_moc_stats_match_oracle_pair_count(case):
 # --------------------------------------------------------------------------- MoC = dense with full top_k
 DENSE_EQ = []
 for _i in range(12):
-    _kind = LAYOUT_KINDS[_i % 4]
+    _kind = kind_of(_i)
     _rule = ("shot", "frame", "frames:2", "tokens:3", "fixed:4", "fixed:7")[_i % 6]
     _la = (None, "shot", "chunk")[_i % 3]
     DENSE_EQ.append(pytest.param(random_layout(random.Random(700 + _i), _kind), _rule, _la, _i % 2,
@@ -274,7 +274,7 @@ def _training_cases():
     while len(out) < 12:
         rng = random.Random(seed)
         seed += 1
-        kind = LAYOUT_KINDS[len(out) % 4]
+        kind = kind_of(len(out))
         layout = random_layout(rng, kind)
         rule = ("frame", "tokens:3", "fixed:4", "frames:2")[len(out) % 4]
         if not 8 <= layout.num_tokens <= 40:

@@ -197,3 +197,15 @@ def test_bench_without_out_writes_under_runs_never_results(tmp_path, monkeypatch
     store = run_bench(cfg, progress=False)
     assert store.path == Path("runs/cpu_quick/results.csv") and (tmp_path / store.path).is_file()
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only directories; the check cannot fail as root")
+def test_a_read_only_store_directory_is_refused_before_anything_is_measured(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="read-only"):
+            ResultStore(ro / "r.csv")
+    finally:
+        ro.chmod(0o755)

@@ -70,4 +70,4 @@ def test_cli_report_and_dry_run(tmp_path, capsys):
     assert main(["sweep", "configs/sweep/ablation_cpu.yaml", "--dry-run", "--json"]) == 0
     assert main(["sweep", "configs/sweep/ablation_gpu.yaml", "--dry-run"]) == 0
     assert main(["sweep", "configs/sweep/ablation_cpu.yaml", "grid.bench.frmes=[1]", "--dry-run"]) == 2
-    assert "bench.frmes" in capsys.readouterr().out
+    assert "bench.frmes" in capsys.readouterr().err

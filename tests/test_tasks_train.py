@@ -116,9 +116,9 @@ def test_cli_train_sample_and_bad_key(dense_run, tmp_path, capsys):
                  "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "sample_000.mp4").stat().st_size > 0
     assert main(["train", "configs/task/quickstart_multishot.yaml", "model.dimm=3"]) == 2
-    assert "model.dimm" in capsys.readouterr().out
+    assert "model.dimm" in capsys.readouterr().err
     assert main(["train", "configs/task/quickstart_multishot.yaml", "data.height=18"]) == 2
-    assert "data.height: 18 px is not a multiple of model.patch_size=4" in capsys.readouterr().out
+    assert "data.height: 18 px is not a multiple of model.patch_size=4" in capsys.readouterr().err
 
 
 def test_train_and_sample_on_a_folder_of_mp4_clips(tmp_path):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mocbench.backend import AttentionBackend, Capabilities, Plan
 from mocbench.registry import NoParams, register_backend
 from mocbench.stats import AttentionStats
+from mocbench.workspace import layout_bytes, sdpa_bytes
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -80,6 +81,11 @@ class DenseSDPA(DenseBackend):
             if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < (8, 0):
                 reasons.append("SDPA flash on CUDA needs compute capability >= 8.0")
         return reasons
+
+    def workspace_bytes(self, layout, *, batch, heads, head_dim, dtype, device="cpu", requires_grad=False) -> int:
+        L = layout.num_tokens
+        return sdpa_bytes(batch, heads, L, head_dim, dtype, device, requires_grad=requires_grad,
+                          sdpa_backend=self.params.sdpa_backend) + layout_bytes(L)
 
     def forward(self, q, k, v, plan: Plan) -> torch.Tensor:
         kind = self.params.sdpa_backend

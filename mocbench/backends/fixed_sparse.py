@@ -15,16 +15,18 @@ file's ``forward`` is the exact masked-softmax reference at small and medium siz
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from mocbench.backend import AttentionBackend, Plan
-from mocbench.backends.moc.structure import anchor_mask, build_anchor_structure
+from mocbench.backends.moc.structure import anchor_mask, query_classes
 from mocbench.chunking import ChunkRule
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
 from mocbench.stats import AttentionStats
+from mocbench.workspace import layout_bytes, sdpa_bytes
 
 
 class StaticPatternBackend(AttentionBackend):
@@ -61,6 +63,20 @@ class StaticPatternBackend(AttentionBackend):
     def _num_chunks(self, layout: TokenLayout) -> int:
         return 0
 
+    # Peak bytes of ``key_mask`` per L^2 (the result plus its temporaries); subclasses set it.
+    mask_build_bytes_per_pair: ClassVar[int] = 2
+
+    def workspace_bytes(self, layout, *, batch, heads, head_dim, dtype, device="cpu", requires_grad=False) -> int:
+        """The (L, L) bool mask (cached on the layout, built once with ``key_mask``'s temporaries; on CUDA
+        copied to the device every call) and SDPA with that mask (a float copy of it in the dtype)."""
+        L = layout.num_tokens
+        pairs = L * L
+        attend = pairs + sdpa_bytes(batch, heads, L, head_dim, dtype, device, requires_grad=requires_grad,
+                                    mask_elements=pairs)
+        if torch.device(device).type == "cuda":  # key_mask runs on the host
+            return attend + layout_bytes(L)
+        return max(self.mask_build_bytes_per_pair * pairs, attend) + layout_bytes(L)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ShotLocalParams:
@@ -71,15 +87,16 @@ class ShotLocalParams:
 class ShotLocal(StaticPatternBackend):
     """Text anchor + every token of the query's own shot (MoC with top_k=0)."""
 
-    def _structure(self, layout):
-        return build_anchor_structure(layout, "shot", text_anchor=self.params.text_anchor,
-                                      local_anchor="shot", causal=False, per_token=False)
+    mask_build_bytes_per_pair = 2  # the mask + the shot-equality temporary
+
+    def _classes(self, layout):
+        return query_classes(layout, "shot", text_anchor=self.params.text_anchor, local_anchor="shot")
 
     def key_mask(self, layout):
-        return anchor_mask(layout, self._structure(layout))
+        return anchor_mask(layout, self._classes(layout))
 
     def pairs_per_head(self, layout):
-        s = self._structure(layout)
+        s = self._classes(layout)
         return int((s.class_size * s.anchor_size).sum())
 
 
@@ -97,12 +114,17 @@ class FrameWindowParams:
 class FrameWindow(StaticPatternBackend):
     """Text anchor + frames within +-window of the query's frame in the same shot."""
 
+    mask_build_bytes_per_pair = 6  # the int32 frame difference, the window test, the shot equality, a spare
+
     def key_mask(self, layout):
         w, ta = self.params.window, self.params.text_anchor
         is_text = layout.modality == 0
-        shot, frame, seg = layout.shot_id, layout.frame_id, layout.segment_id
+        shot, frame, seg = layout.shot_id, layout.frame_id.to(torch.int32), layout.segment_id
         video_q, video_k = ~is_text[:, None], ~is_text[None, :]
-        near = (shot[:, None] == shot[None, :]) & ((frame[:, None] - frame[None, :]).abs() <= w)
+        diff = frame[:, None] - frame[None, :]  # (L, L) int32, made absolute in place: 4 bytes a pair, not 16
+        near = diff.abs_() <= w
+        del diff
+        near &= shot[:, None] == shot[None, :]
         mask = video_q & video_k & near
         own_caption = is_text[:, None] & (seg[:, None] == seg[None, :])
         mask |= own_caption
@@ -140,6 +162,8 @@ class StridedParams:
 @register_backend("strided", family="fixed_sparse", params=StridedParams)
 class Strided(StaticPatternBackend):
     """Text anchor + own chunk + every stride-th chunk of the stream (a static long-range pattern)."""
+
+    mask_build_bytes_per_pair = 3  # chunk equality, the mask, a spare
 
     def _num_chunks(self, layout):
         return layout.chunks(self.params.chunking).num_chunks

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import BackendConfig, ConfigError, LayoutConfig, _plain, load_config
+from mocbench.config import (BackendConfig, ConfigError, LayoutConfig, _plain, config_errors, load_config,
+                             parse_overrides)
 from mocbench.layout import TokenLayout
 from mocbench.registry import get_backend
 
@@ -98,6 +99,8 @@ class BenchConfig:
     seed: int = 0
     reference: str = "dense"  # the label speed-ups are computed against
     threads: int | None = None  # CPU: torch.set_num_threads for the run (None: torch's default)
+    # Memory budget of one cell in GiB (None: free CUDA memory / MemAvailable); see bench/memory.py
+    max_memory_gib: float | None = None
     backends: list[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
     workloads: list[WorkloadConfig] = field(default_factory=lambda: [WorkloadConfig()])
     timing: TimingConfig = field(default_factory=TimingConfig)
@@ -143,9 +146,11 @@ def _hash(obj: Any) -> str:
 
 
 def config_hash(cfg: BenchConfig) -> str:
-    """Hash of the whole config except where it is written (moving a store keeps its hash)."""
+    """Hash of the whole config except where it is written (moving a store keeps its hash) and the
+    memory budget."""
     d = asdict(cfg)
     d.pop("output", None)
+    d.pop("max_memory_gib", None)  # a budget decides which cells run, not what a measurement means
     return _hash(d)
 
 
@@ -190,33 +195,43 @@ def check_config(cfg: BenchConfig) -> None:
             raise ConfigError(f"{at}: {exc}") from None
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be >= 1 or null, got {cfg.threads}")
-    t = cfg.timing
-    if t.repeats < 1 or t.warmup < 0 or t.max_inner < 1:
-        raise ConfigError(f"timing: repeats >= 1, warmup >= 0, max_inner >= 1 required, got "
-                          f"repeats={t.repeats}, warmup={t.warmup}, max_inner={t.max_inner}")
+    if cfg.max_memory_gib is not None and not (math.isfinite(cfg.max_memory_gib) and cfg.max_memory_gib > 0):
+        raise ConfigError(f"max_memory_gib (--max-memory) must be a finite number of GiB > 0 or null, "
+                          f"got {cfg.max_memory_gib}")
+    check_timing(cfg.timing)
+    v = cfg.validate
+    for key in ("max_frames", "max_tokens_per_frame", "heads"):
+        if getattr(v, key) < 1:
+            raise ConfigError(f"validate.{key} must be >= 1, got {getattr(v, key)}")
+    if v.max_text_tokens < 0:
+        raise ConfigError(f"validate.max_text_tokens must be >= 0, got {v.max_text_tokens}")
+
+
+def check_timing(t: TimingConfig, where: str = "timing") -> None:
+    """Every timing setting is a number in range (negative or NaN times would still give 'ok' rows)."""
+    for key, low in (("warmup", 0), ("repeats", 1), ("max_inner", 1)):
+        if getattr(t, key) < low:
+            raise ConfigError(f"{where}.{key} must be >= {low}, got {getattr(t, key)}")
+    if not (math.isfinite(t.min_repeat_ms) and t.min_repeat_ms >= 0):
+        raise ConfigError(f"{where}.min_repeat_ms must be a finite number >= 0, got {t.min_repeat_ms}")
+    if not t.max_seconds_per_cell > 0:  # inf: no limit
+        raise ConfigError(f"{where}.max_seconds_per_cell must be > 0 (inf: no limit), got {t.max_seconds_per_cell}")
 
 
 def load_bench_config(path: str | None = None, overrides: list[str] | None = None) -> BenchConfig:
     """Schema <- YAML <- overrides, like :func:`mocbench.config.load_config`, but an override may
     index into a list (``workloads.0.shots=[1,2]``, ``backends.1.params.top_k=3``); then checked."""
+    overrides = parse_overrides(overrides)
     cfg = load_config(BenchConfig, path)
     if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides must look like key=value, got {bad}")
         node = OmegaConf.structured(cfg)
         for item in overrides:
             key, _, text = item.partition("=")
-            try:
+            with config_errors(key=key):
                 value = OmegaConf.from_dotlist([f"value={text}"])["value"]
                 OmegaConf.update(node, key, value, merge=True)
-            except OmegaConfBaseException as exc:
-                msg = str(exc).strip().splitlines()[0]
-                raise ConfigError(f"invalid config key {key!r}: {msg}") from None
-        try:
+        with config_errors():
             cfg = OmegaConf.to_object(node)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"invalid config: {str(exc).strip().splitlines()[0]}") from None
     check_config(cfg)
     return cfg
 

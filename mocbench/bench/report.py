@@ -17,6 +17,7 @@ import pandas as pd
 
 from mocbench.bench import tables
 from mocbench.bench.store import atomic_write_text, load_table
+from mocbench.errors import ConfigError, require_file
 
 TABLES = {
     "latency_pivot": ("Total latency per layer in ms (speed-up vs {ref}) by shots and tokens", tables.latency_pivot),
@@ -26,6 +27,10 @@ TABLES = {
                 tables.scaling_table),
     "status": ("Skipped and failed cells with their reasons", tables.status_table),
 }
+
+
+# what the tables read (a CSV from elsewhere, or an old store without them, is refused naming them)
+BENCH_COLUMNS = (*tables.CELL_COLUMNS, "status", "label", "total_ms", "total_flops", "est_total_flops", "dense_flops")
 
 
 def build_tables(df: pd.DataFrame, reference: str = "dense") -> dict[str, pd.DataFrame]:
@@ -47,12 +52,16 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
     """Write every table, figure and the environment for ``stores`` into ``out_dir``; return the paths."""
     stores = [stores] if isinstance(stores, (str, Path)) else list(stores)
     for s in stores:
-        if not Path(s).is_file():
-            raise ValueError(f"result store {str(s)!r} does not exist")
+        require_file(s, "result store")
     out = Path(out_dir) if out_dir is not None else Path(stores[0]).parent
     df = load_table(stores)
     if df.empty:
         raise ValueError(f"result store {', '.join(map(str, stores))} has no rows")
+    missing = [c for c in BENCH_COLUMNS if c not in df.columns]
+    if missing:
+        shown = ", ".join(map(repr, missing[:4])) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ConfigError(f"result store {', '.join(map(str, stores))} has no column {shown}: not written by "
+                          f"`mocbench bench` (eval stores: --table paper1/paper2; sweep stores: --table ablation)")
     written: list[Path] = []
     (out / "tables").mkdir(parents=True, exist_ok=True)
     built = build_tables(df, reference)

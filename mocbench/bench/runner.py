@@ -2,7 +2,8 @@
 
 Order per cell: (1) already in the store, measured in this environment -> nothing (see
 :mod:`mocbench.bench.resume`); (2) unsupported here (missing package,
-device, dtype, head_dim, no backward, no CUDA) -> a ``skipped`` row with every reason;
+device, dtype, head_dim, no backward, no CUDA), or its estimated memory over the budget
+(:mod:`mocbench.bench.memory`, before anything is allocated) -> a ``skipped`` row with every reason;
 (3) validation against the float64 masked reference on a shrunken layout -> a ``failed`` row
 on mismatch; (4) measured and analytic accounting, then timing of ``prepare`` (routing),
 ``forward`` (attention; plus backward for ``fwd+bwd``) and the two together (``total``).
@@ -22,6 +23,7 @@ import torch
 from mocbench.backend import AttentionBackend
 from mocbench.bench.config import BenchConfig, Cell, config_hash, expand_cells
 from mocbench.bench.env import comparable_environment, environment
+from mocbench.bench.memory import GIB, cell_memory_bytes, memory_check
 from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore
 from mocbench.bench.timing import peak_memory_mb, time_call
@@ -123,6 +125,14 @@ def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
     backend = get_backend(cell.backend, **cell.params)
     row = cell_row(cell, backend)
     reasons = skip_reasons(backend, cell)
+    try:
+        need = cell_memory_bytes(backend, cell, cfg)  # from sizes alone: nothing is allocated for the cell yet
+    except Exception as exc:  # noqa: BLE001 -- a cell that cannot run here keeps its skip reasons
+        return _finish(row, "skipped", "; ".join(reasons)) if reasons else _finish(row, "failed", _error_text(exc))
+    row["est_mem_gib"] = round(need / GIB, 4)
+    if not reasons:
+        over = memory_check(need, cell.device, cfg.max_memory_gib).reason
+        reasons = [over] if over else []
     if reasons:
         return _finish(row, "skipped", "; ".join(reasons))
     try:
@@ -141,9 +151,13 @@ def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
         row.update(_measure(backend, cell, cfg))
     except Exception as exc:  # noqa: BLE001 -- recorded as a failed row, with the error, never a silent NaN
         _release(cell.device)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return _finish(row, "failed", f"{type(exc).__name__}: {first}")
+        return _finish(row, "failed", _error_text(exc))
     return _finish(row, "ok", "")
+
+
+def _error_text(exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {first}"
 
 
 def _finish(row: dict, status: str, reason: str) -> dict:
@@ -194,9 +208,10 @@ def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
     opts = {"warmup": t.warmup, "repeats": t.repeats, "min_repeat_ms": t.min_repeat_ms, "max_inner": t.max_inner,
             "l2_flush": t.l2_flush, "max_seconds": t.max_seconds_per_cell}
     with grad_ctx():
-        plan = backend.prepare(q, k, layout)
         prepare = time_call(lambda: backend.prepare(q, k, layout), device, **opts)
+        plan = backend.prepare(q, k, layout)
         forward = time_call(lambda: attend(plan), device, **opts)
+        plan = None  # one plan alive at a time: the memory estimate counts one
         total = time_call(lambda: attend(backend.prepare(q, k, layout)), device, **opts)
         mem, mem_method = peak_memory_mb(lambda: attend(backend.prepare(q, k, layout)), device)
     _release(cell.device)

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from mocbench.config import ConfigError
+from mocbench.errors import ConfigError, check_output_file, path_error
 
 # The leading columns, in order; any other keys of a row follow alphabetically.
 COLUMNS = (
@@ -36,7 +36,7 @@ COLUMNS = (
     "batch", "heads", "head_dim", "dtype", "device", "pass", "impl",
     "validation_max_err", "validation_tol",
     "prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms",
-    "repeats", "inner", "peak_mem_mb", "mem_method",
+    "repeats", "inner", "peak_mem_mb", "mem_method", "est_mem_gib",
     "pairs", "sparsity", "num_chunks", "attention_flops", "routing_flops", "total_flops", "dense_flops",
     "est_pairs", "est_sparsity", "est_attention_flops", "est_total_flops", "timed_flops", "tflops",
     "finished_at",
@@ -57,6 +57,7 @@ class ResultStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         _check_store_path(self.path)
+        check_output_file(self.path, "result store")  # before anything is measured, not after
         self.rows: dict[str, dict[str, str]] = read_rows(self.path)
 
     def __len__(self) -> int:
@@ -108,7 +109,7 @@ class ResultStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise ConfigError(f"cannot write result store {str(self.path)!r}: {exc.strerror or exc}") from None
+            raise path_error(exc, "result store lock file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _remove_orphan_temp_files(self.path)
@@ -137,10 +138,8 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
             return _parse(f, path)
     except UnicodeDecodeError:
         raise ConfigError(f"result store {str(path)!r} is not a UTF-8 CSV text file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"result store {str(path)!r} is a directory; give a .csv file path") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read result store {str(path)!r}: {exc.strerror or exc}") from None
+        raise path_error(exc, "result store", path) from None
 
 
 def _parse(f, path: Path) -> dict[str, dict[str, str]]:
@@ -218,7 +217,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         mode = stat.S_IMODE(os.stat(path).st_mode) if path.exists() else _default_mode()
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        raise path_error(exc, "output file", path) from None
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             f.write(text)
@@ -230,7 +229,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+            raise path_error(exc, "output file", path) from None
         raise
     try:  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)

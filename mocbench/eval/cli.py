@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mocbench.config import add_config_arguments
+from mocbench.errors import check_output_file, require_int
 from mocbench.eval.runner import EVALUATORS
 
 
@@ -18,6 +19,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             setattr(vb, name, getattr(args, f"vbench_{name}"))
     dims = tuple(d for d in (args.vbench_dimensions or ",".join(DIMENSIONS)).split(",") if d)
     vb = VBenchSettings(**{**vb.__dict__, "dimensions": dims})
+    if args.val_num is not None:
+        require_int("--val-num", args.val_num)
+    if args.store is not None:
+        check_output_file(args.store, "--store")
     req = EvalRequest(args.samples, reference=args.reference,
                       evaluators=tuple(e for e in args.evaluators.split(",") if e), store=args.store,
                       config_name=args.name, force=args.force, reuse_foreign=args.reuse_foreign, vbench=vb,

@@ -17,16 +17,11 @@ from mocbench.eval.samples import SampleSet
 
 def attention_cost(checkpoint: str | Path, backend: str, backend_params: dict) -> dict[str, float]:
     """Sparsity, per-sample attention FLOPs (all layers, one forward) and the dense FLOPs for scale."""
-    import torch
-
     from mocbench.registry import get_backend
+    from mocbench.tasks.checkpoint import read_checkpoint
     from mocbench.tasks.config import load_task_config
 
-    if not Path(checkpoint).is_file():
-        raise ValueError(f"cost: checkpoint {str(checkpoint)!r} does not exist")
-    hp = torch.load(str(checkpoint), map_location="cpu", weights_only=False).get("hyper_parameters") or {}
-    if "config" not in hp:
-        raise ValueError(f"cost: {str(checkpoint)!r} is not a mocbench task checkpoint")
+    hp = read_checkpoint(checkpoint, "cost: checkpoint")["hyper_parameters"]
     cfg = load_task_config(base=hp["config"])
     d, m = cfg.data, cfg.model
     tpf = (d.height // m.patch_size) * (d.width // m.patch_size)

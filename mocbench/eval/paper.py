@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mocbench.config import BackendConfig, ConfigError, load_config
+from mocbench.errors import check_output_dir, require_int
 
 
 @dataclass
@@ -68,6 +69,10 @@ def load_paper_config(path: str, overrides: list[str] | None = None) -> PaperCon
         raise ConfigError("backends: list at least the dense reference")
     if not cfg.scales:
         raise ConfigError("scales: define at least one scale (e.g. cpu)")
+    for name, sc in cfg.scales.items():
+        for key in ("num", "sheet_samples", "steps", "val_num"):
+            if getattr(sc, key) is not None:
+                require_int(f"scales.{name}.{key}", getattr(sc, key), 0 if key == "sheet_samples" else 1)
     return cfg
 
 
@@ -76,10 +81,11 @@ def slug(entry: BackendConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{entry.name}_{params}" if params else entry.name)
 
 
-def _checkpoint(sc: ScaleConfig, log) -> str:
+def _checkpoint(sc: ScaleConfig, log, key: str) -> str:
     if sc.checkpoint:
-        if not Path(sc.checkpoint).is_file():
-            raise ConfigError(f"checkpoint {sc.checkpoint!r} does not exist")
+        from mocbench.tasks.checkpoint import read_checkpoint
+
+        read_checkpoint(sc.checkpoint, key)
         return sc.checkpoint
     last = Path(sc.out_dir) / "train" / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -124,8 +130,11 @@ def run_paper(cfg: PaperConfig, scale: str | None = None, log=print) -> list[Pat
     if scale not in cfg.scales:
         raise ConfigError(f"scale {scale!r} is not in the config; known: {sorted(cfg.scales)}")
     sc = cfg.scales[scale]
+    check_output_dir(sc.out_dir, f"scales.{scale}.out_dir")
+    if sc.results_dir:
+        check_output_dir(sc.results_dir, f"scales.{scale}.results_dir")
     out = Path(sc.out_dir)
-    ckpt = _checkpoint(sc, log)
+    ckpt = _checkpoint(sc, log, f"scales.{scale}.checkpoint")
     dirs = []
     for entry in cfg.backends:
         d = out / "samples" / slug(entry)

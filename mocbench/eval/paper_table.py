@@ -2,14 +2,18 @@
 
 ``paper1`` (single-shot) and ``paper2`` (multi-shot) share the columns of the sparse-video-
 attention papers: the six VBench dimensions (subject / background consistency, motion smoothness,
-dynamic degree, aesthetic and imaging quality), then fidelity to dense (PSNR / SSIM), the memory
-probe (multi-shot only), held-out loss, sparsity, attention FLOPs and sampling latency.
+dynamic degree, aesthetic and imaging quality), then fidelity to dense (PSNR / SSIM), held-out loss,
+sparsity, attention FLOPs and sampling latency. Long-range memory is not a column: the old
+ground-truth-mask probe scored a constant grey video 1.0; ``mocbench memory`` measures it instead.
 
 A VBench cell shows the real VBench score when its row is ``ok``; otherwise the weight-free proxy
-marked with a dagger; otherwise "n/a" with the reason (missing weights) in the footnote. The best
-value of each quality / cost column is bold (the dense reference is left out of the fidelity
-columns; sparsity is a setting and is never bold). The footnote names the environment and every
-proxied column. Pure functions of the store; nothing is measured here.
+marked with a dagger; otherwise "n/a" with the reason (missing weights) in the footnote. A best
+value is bold only when its row carries a 95 % interval for it (``<column>_lo`` / ``<column>_hi``)
+that excludes the runner-up's value, so nothing noise could explain is bold (the dense reference is
+left out of the fidelity columns; sparsity is a setting and is never bold). Rows that reuse the
+reference's checkpoint with another attention backend swapped in at sampling time are marked
+§ and named in the footnote. The footnote names the environment and every proxied column.
+Pure functions of the store; nothing is measured here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pandas as pd
 from mocbench.bench.tables import fmt, latex_escape
 
 DAGGER = "†"
+SWAP = "§"  # a backend swapped into the reference's weights without training
 
 
 @dataclass(frozen=True)
@@ -46,18 +51,14 @@ VBENCH_COLUMNS = (
 )
 FIDELITY = (Column("PSNR (dB)", True, value="psnr", evaluator="fidelity"),
             Column("SSIM", True, value="ssim", evaluator="fidelity"))
-MEMORY = (Column("identity consistency", True, value="identity_consistency", evaluator="memory"),
-          Column("scene consistency", True, value="scene_consistency", evaluator="memory"),
-          Column("identity accuracy", True, value="identity_accuracy", evaluator="memory"))
 COST = (Column("val loss", False, value="val_loss", evaluator="val_loss"),
         Column("sparsity", None, value="sparsity", evaluator="cost"),
         Column("attn GFLOPs", False, value="attn_gflops", evaluator="cost"),
         Column("latency (s/video)", False, value="latency_s_per_video", evaluator="cost"))
 TABLES = {
     "paper1": ("Table 1: single-shot video generation", VBENCH_COLUMNS + FIDELITY + COST),
-    "paper2": ("Table 2: multi-shot video generation", VBENCH_COLUMNS + FIDELITY + MEMORY + COST),
+    "paper2": ("Table 2: multi-shot video generation", VBENCH_COLUMNS + FIDELITY + COST),
 }
-GT_LABEL = "ground truth (ceiling)"
 
 
 def _order(label: str, backend: str) -> tuple:
@@ -77,8 +78,9 @@ def _last(rows: pd.DataFrame, column: str) -> float:
 
 
 def build_paper_table(df: pd.DataFrame, table: str, reference: str = "dense") -> dict:
-    """``{"values", "marks", "title", "notes"}``: numeric table (backend rows x columns), per-cell marks
-    (``"real"``, ``"proxy"``, ``""``) and footnote lines."""
+    """``{"values", "intervals", "marks", "title", "notes", "swaps"}``: numeric table (backend rows x
+    columns), per-cell 95 % intervals ``(lo, hi)`` where the store has them, per-cell marks (``"real"``,
+    ``"proxy"``, ``""``), the labels of swapped rows and footnote lines."""
     if table not in TABLES:
         raise ValueError(f"--table must be one of {sorted(TABLES)}, got {table!r}")
     title, columns = TABLES[table]
@@ -86,10 +88,10 @@ def build_paper_table(df: pd.DataFrame, table: str, reference: str = "dense") ->
         raise ValueError("the store has no evaluation rows (column 'evaluator'); write them with `mocbench eval`")
     df = df[df["evaluator"].notna() & (df["evaluator"].astype(str) != "")]
     labels = sorted({(lbl, b) for lbl, b in zip(df["label"], df["backend"])}, key=lambda x: _order(*x))
-    values, marks, notes_missing, proxied = {}, {}, {}, set()
+    values, intervals, marks, notes_missing, proxied = {}, {}, {}, {}, set()
     for label, _backend in labels:
         rows = df[df["label"] == label]
-        vrow, mrow = {}, {}
+        vrow, mrow, irow = {}, {}, {}
         for col in columns:
             v, mark = math.nan, ""
             if col.real:
@@ -103,21 +105,29 @@ def build_paper_table(df: pd.DataFrame, table: str, reference: str = "dense") ->
                 if math.isnan(v) and not real.empty and str(real["reason"].iloc[-1]):
                     notes_missing.setdefault(col.title, str(real["reason"].iloc[-1]))
             else:
-                v = _last(_ok(rows[rows["evaluator"] == col.evaluator]), col.value)
+                src = _ok(rows[rows["evaluator"] == col.evaluator])
+                v = _last(src, col.value)
+                irow[col.title] = (_last(src, f"{col.value}_lo"), _last(src, f"{col.value}_hi"))
             vrow[col.title], mrow[col.title] = v, (mark if not math.isnan(v) else "")
-        values[label], marks[label] = vrow, mrow
-    if any(c in MEMORY for c in columns):
-        mem = _ok(df[df["evaluator"] == "memory"])
-        if not mem.empty:
-            values[GT_LABEL] = {c.title: _last(mem, f"gt_{c.value}") if c in MEMORY else math.nan for c in columns}
-            marks[GT_LABEL] = {c.title: "" for c in columns}
+        values[label], marks[label], intervals[label] = vrow, mrow, irow
     frame = pd.DataFrame.from_dict(values, orient="index", columns=[c.title for c in columns])
-    notes = _footnote(df, proxied, notes_missing, reference)
-    return {"values": frame, "marks": pd.DataFrame.from_dict(marks, orient="index"), "title": title,
-            "columns": columns, "notes": notes, "reference": reference}
+    swaps = _swapped(df, reference)
+    notes = _footnote(df, proxied, notes_missing, reference, swaps)
+    return {"values": frame, "intervals": intervals, "marks": pd.DataFrame.from_dict(marks, orient="index"),
+            "title": title, "columns": columns, "notes": notes, "reference": reference, "swaps": swaps}
 
 
-def _footnote(df: pd.DataFrame, proxied: set, missing: dict, reference: str) -> list[str]:
+def _swapped(df: pd.DataFrame, reference: str) -> list[str]:
+    """Labels (other than ``reference``) whose samples come from the reference's checkpoint: their
+    backend was swapped into weights trained with the reference's attention."""
+    if "checkpoint" not in df:
+        return []
+    ckpt = lambda rows: {str(c) for c in rows["checkpoint"] if str(c) not in ("", "nan")}
+    ref = ckpt(df[df["label"] == reference])
+    return sorted({lbl for lbl in df["label"] if lbl != reference and ref and ckpt(df[df["label"] == lbl]) & ref})
+
+
+def _footnote(df: pd.DataFrame, proxied: set, missing: dict, reference: str, swaps: list[str]) -> list[str]:
     env = {}
     for col in ("env_cpu", "env_gpu", "env_torch", "env_cuda", "env_python", "env_git_sha", "vbench_env"):
         if col in df:
@@ -135,25 +145,37 @@ def _footnote(df: pd.DataFrame, proxied: set, missing: dict, reference: str) -> 
         notes.append(f"{title}: real VBench not run: {reason}")
     notes.append(f"PSNR/SSIM: against the {reference} backend's samples from the same weights, captions and noise "
                  "(ref = the reference itself). Sparsity and attention GFLOPs: analytic, all layers, one forward "
-                 "pass per sample; latency: wall time of sampling per video. Bold: best per column.")
-    if GT_LABEL in set(df.get("label", [])) or "memory" in set(df["evaluator"]):
-        notes.append("Memory probe: colour consistency of recurring entities / scenes across shots from the "
-                     "story metadata; the ground-truth row is the ceiling.")
+                 "pass per sample; latency: wall time of sampling per video. Bold: a best value whose 95% "
+                 "interval excludes the runner-up; without an interval nothing is bold.")
+    if swaps:
+        notes.append(f"{SWAP} swap: sampled with the {reference} checkpoint's weights and this attention backend "
+                     f"swapped in without training ({', '.join(swaps)}); rows without {SWAP} are trained with "
+                     "their own backend.")
+    notes.append("Long-range memory is measured by `mocbench memory` (recall of shot 0's colours with chance "
+                 "levels and intervals), not in this table.")
     return notes
 
 
-def _best(table: dict) -> dict[str, float]:
+def _best(table: dict) -> dict[str, str]:
+    """``{column title: label}`` of the cells to bold: the best value of a column, only when its row's
+    95 % interval for that column excludes the runner-up's value (a tie or no interval: no bold)."""
     vals: pd.DataFrame = table["values"]
     best = {}
     for col in table["columns"]:
         if col.higher_is_better is None:
             continue
-        s = vals[col.title].drop(index=[GT_LABEL], errors="ignore")
+        s = vals[col.title]
         if col.evaluator == "fidelity":
             s = s.drop(index=[table["reference"]], errors="ignore")
         s = s[s.map(lambda v: isinstance(v, float) and math.isfinite(v))]
-        if len(s) >= 2:
-            best[col.title] = s.max() if col.higher_is_better else s.min()
+        if len(s) < 2:
+            continue
+        ranked = s.sort_values(ascending=not col.higher_is_better)
+        top, runner_up = ranked.index[0], float(ranked.iloc[1])
+        lo, hi = table.get("intervals", {}).get(top, {}).get(col.title, (math.nan, math.nan))
+        excludes = lo > runner_up if col.higher_is_better else hi < runner_up  # False when NaN
+        if excludes:
+            best[col.title] = top
     return best
 
 
@@ -165,19 +187,19 @@ def _cells(table: dict, bold: str) -> pd.DataFrame:
         for col in table["columns"]:
             v = row[col.title]
             if isinstance(v, float) and math.isnan(v):
-                text = "n/a" if col.real and label != GT_LABEL else "-"
+                text = "n/a" if col.real else "-"
             elif isinstance(v, float) and math.isinf(v) and col.evaluator == "fidelity":
                 text = "ref"
             else:
                 text = fmt(float(v)) if not isinstance(v, str) else v
-                if col.title in best and v == best[col.title]:
+                if best.get(col.title) == label:
                     text = bold.format(text)
             if marks.loc[label].get(col.title) == "proxy":
                 text += DAGGER
             cells[col.title] = text
         out[label] = cells
     frame = pd.DataFrame.from_dict(out, orient="index")
-    frame.insert(0, "backend", frame.index)
+    frame.insert(0, "backend", [f"{lbl} {SWAP}" if lbl in table.get("swaps", []) else lbl for lbl in frame.index])
     return frame.reset_index(drop=True)
 
 
@@ -193,7 +215,7 @@ def to_markdown(table: dict) -> str:
 def to_latex(table: dict) -> str:
     cells = _cells(table, "\x00{}\x01")
     esc = lambda s: latex_escape(str(s)).replace("\x00", r"\textbf{").replace("\x01", "}").replace(
-        DAGGER, r"$^\dagger$")
+        DAGGER, r"$^\dagger$").replace(SWAP, r"\S{}")
     lines = [r"\begin{table*}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
              rf"\begin{{tabular}}{{l{'r' * (len(cells.columns) - 1)}}}", r"\toprule",
              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\midrule"]
@@ -218,11 +240,11 @@ def to_csv(table: dict) -> str:
 def write_paper_table(stores, table: str, out_dir: str | Path | None = None, reference: str = "dense") -> list[Path]:
     """Write ``{table}.md``, ``{table}.tex`` and ``{table}.csv``; returns the paths."""
     from mocbench.bench.store import atomic_write_text, load_table
+    from mocbench.errors import require_file
 
     paths = [stores] if isinstance(stores, (str, Path)) else list(stores)
     for p in paths:
-        if not Path(p).is_file():
-            raise ValueError(f"result store {str(p)!r} does not exist")
+        require_file(p, "result store")
     built = build_paper_table(load_table(paths), table, reference)
     out = Path(out_dir) if out_dir else Path(paths[0]).parent
     written = []

@@ -31,6 +31,8 @@ class SampleSet:
     @classmethod
     def load(cls, root: str | Path) -> SampleSet:
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"samples folder {str(root)!r} is a file; give the folder written by `mocbench sample`")
         if not root.is_dir():
             raise ValueError(f"samples folder {str(root)!r} does not exist (write one with `mocbench sample`)")
         meta_path = root / "metadata.json"

@@ -25,8 +25,6 @@ def validation_loss(checkpoint: str | Path, backend: str, backend_params: dict |
     from mocbench.tasks.lightning_module import load_task
     from mocbench.tasks.train import build_datamodule, torch_threads
 
-    if not Path(checkpoint).is_file():
-        raise ValueError(f"val_loss: checkpoint {str(checkpoint)!r} does not exist")
     overrides = [f"backend.name={backend}"] + [f"backend.params.{k}={v}" for k, v in (backend_params or {}).items()]
     task = load_task(str(checkpoint), overrides)  # the same overrides `mocbench sample` applied
     with torch_threads(task.cfg.threads):
@@ -52,3 +50,28 @@ def validation_loss(checkpoint: str | Path, backend: str, backend_params: dict |
     out["val_loss"] = sum(out.values()) / len(out)
     out["val_videos"] = len(items)
     return out
+
+
+@torch.no_grad()
+def loss_by_shot(task, x0: torch.Tensor, text: torch.Tensor, *, noise_seed: int = 1234, batch_size: int = 16,
+                 timesteps: tuple[float, ...] = TIMESTEPS) -> list[float]:
+    """Held-out flow loss per shot (mean over ``timesteps`` and videos) of a loaded task's sampling
+    weights, on clean videos ``x0`` ``(N, S, F, 3, H, W)`` in [-1, 1] with caption ids ``text``
+    ``(N, S, T)``; noise of video ``i`` seeded with ``noise_seed + i`` as in :func:`validation_loss`.
+    With memory, later shots (which can look back at earlier ones) reach a lower loss."""
+    model = task.sampling_model
+    was_training = model.training
+    model.eval()
+    N, S = x0.shape[:2]
+    total = torch.zeros(S, dtype=torch.float64)
+    for start in range(0, N, batch_size):
+        x = x0[start:start + batch_size]
+        noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(noise_seed + start + j))
+                             for j in range(len(x))])
+        for t in timesteps:
+            t_b = torch.full((len(x),), t)
+            x_t = (1 - t) * x + t * noise
+            v = task.velocity(model, x_t, t_b, text[start:start + batch_size])
+            total += ((v.float() - (noise - x).float()) ** 2).mean(dim=(2, 3, 4, 5)).sum(0).double()
+    model.train(was_training)
+    return (total / (N * len(timesteps))).tolist()

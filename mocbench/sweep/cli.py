@@ -6,6 +6,7 @@ import argparse
 import json
 
 from mocbench.config import add_config_arguments
+from mocbench.errors import check_output_dir
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -18,6 +19,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = expand(cfg)
     if args.dry_run:
         return _dry_run(cfg, cells, console, args.json)
+    check_output_dir(cfg.out_path, "out_dir")
+    if cfg.results_dir:
+        check_output_dir(cfg.results_dir, "results_dir")
     from mocbench.sweep.report import write_sweep_report
     from mocbench.sweep.runner import run_sweep
 

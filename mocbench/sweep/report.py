@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from mocbench.bench.tables import to_latex, to_markdown
+from mocbench.errors import ConfigError, read_json
 
 COLUMNS = {  # store column -> table header
     "label": "cell", "est_sparsity": "sparsity (analytic)", "routed_sparsity": "sparsity (routed)",
@@ -32,7 +33,11 @@ COLUMNS = {  # store column -> table header
 def load_rows(stores) -> pd.DataFrame:
     from mocbench.bench.store import load_table
 
-    return load_table(stores)
+    df = load_table(stores)
+    if "backend" not in df.columns:
+        names = ", ".join(map(str, [stores] if isinstance(stores, (str, Path)) else stores))
+        raise ConfigError(f"result store {names} has no 'backend' column: not written by `mocbench sweep`")
+    return df
 
 
 def ablation_table(df: pd.DataFrame, ablation: str) -> pd.DataFrame:
@@ -167,9 +172,13 @@ def routing_figure(files, path: Path) -> Path:
     """Heatmaps of the share of routed slots from query shot a (rows) to shot b (columns)."""
     import numpy as np
 
-    runs = [json.loads(Path(f).read_text()) for f in files]
+    runs = [read_json(f, "routing file") for f in files]
     if not runs:
         raise ValueError("routing figure: no routing files given")
+    for f, r in zip(files, runs):
+        if not isinstance(r, dict) or not isinstance(r.get("layers"), list) or "total" not in r:
+            raise ConfigError(f"routing file {str(f)!r} is not a routing.json written by `mocbench sweep` "
+                              f"(no 'layers' and 'total')")
     runs.sort(key=lambda r: (not r.get("params", {}).get("causal", True), json.dumps(r.get("params"), sort_keys=True)))
     n_layers = max(len(r["layers"]) for r in runs)
     plt = _plt()

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import BackendConfig, ConfigError, load_config
+from mocbench.config import BackendConfig, ConfigError, config_errors, load_config
+from mocbench.errors import require_int
 
 STAGES = ("train", "finetune", "sample", "eval", "bench")
 
@@ -160,14 +160,11 @@ def _flat(prefix: str, d: dict) -> dict:
 
 def build_cell(base: CellConfig, values: dict[str, Any]) -> CellConfig:
     """``base`` with dotted ``values`` applied; unknown keys / wrong types raise ConfigError naming the key."""
-    try:
+    with config_errors("invalid sweep", default_key=next(iter(values), "")):
         cfg = OmegaConf.structured(base)
         for key, value in values.items():
             OmegaConf.update(cfg, key, value, merge=False)
         return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or next(iter(values), "")
-        raise ConfigError(f"invalid sweep key {key!r}: {str(exc).strip().splitlines()[0]}") from None
 
 
 def check_cell(cell: CellConfig, where: str) -> None:
@@ -188,12 +185,34 @@ def check_cell(cell: CellConfig, where: str) -> None:
         except (ValueError, TypeError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise ConfigError(f"{where}: {path}: {msg}") from None
+    check_numbers(cell, where)
     bad = [e for e in cell.eval.evaluators if e not in EVALUATORS]
     if bad:
         raise ConfigError(f"{where}: eval.evaluators: unknown {bad}; known: {', '.join(EVALUATORS)}")
     if any(s in cell.stages for s in ("sample", "eval", "finetune")) and not cell.train.checkpoint \
             and "train" not in cell.stages:
         raise ConfigError(f"{where}: stages: sample/eval/finetune need a 'train' stage or train.checkpoint")
+
+
+def check_numbers(cell: CellConfig, where: str) -> None:
+    """Counts and sizes of the sample, eval and bench stages (>= 1; warm-up >= 0; a time limit > 0)."""
+    from mocbench.bench.config import DTYPES, PASSES
+
+    s, b = cell.sample, cell.bench
+    for key, value, low in (("sample.num", s.num, 1), ("sample.steps", s.steps, 1),
+                            ("eval.val_num", cell.eval.val_num, 1), ("bench.warmup", b.warmup, 0),
+                            *((f"bench.{k}", getattr(b, k), 1) for k in ("shots", "frames", "tokens_per_frame",
+                                                                         "heads", "head_dim", "batch", "repeats")),
+                            ("bench.text_tokens", b.text_tokens, 0)):
+        if value is not None:
+            require_int(f"{where}: {key}", value, low)
+    if not b.max_seconds_per_cell > 0:
+        raise ConfigError(f"{where}: bench.max_seconds_per_cell must be > 0, got {b.max_seconds_per_cell}")
+    if b.dtype not in DTYPES:
+        raise ConfigError(f"{where}: bench.dtype must be one of {', '.join(DTYPES)}, got {b.dtype!r}")
+    bad = [p for p in b.passes if p not in PASSES]
+    if bad or not b.passes:
+        raise ConfigError(f"{where}: bench.passes must be a non-empty list of {', '.join(PASSES)}, got {list(b.passes)}")
 
 
 def _resolved_params(spec: BackendConfig | None) -> Any:

@@ -10,14 +10,15 @@ trainer.strategy=ddp trainer.num_nodes=2`` work from the command line).
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from mocbench.config import BackendConfig, ConfigError, load_config
-from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, TEXTURES
+from mocbench.config import BackendConfig, ConfigError, config_errors, load_config, parse_overrides
+from mocbench.errors import require_int
+from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, STORY_KINDS, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
 SAMPLERS = ("euler", "heun")
@@ -29,6 +30,7 @@ class DataConfig:
     """``source=shapeshots`` (generated) or ``folder`` (your mp4 + JSONL, see tasks/folder.py)."""
 
     source: str = "shapeshots"
+    task: str = "story"  # ShapeShots story kind: story | recall (see tasks/shapeshots.py)
     height: int = 16
     width: int = 16
     frames: int = 4  # per shot
@@ -120,24 +122,13 @@ def load_task_config(path: str | None = None, overrides: list[str] | None = None
     if base is None:
         cfg = load_config(TaskConfig, path, overrides)
     else:
-        try:
+        overrides = parse_overrides(overrides)
+        with config_errors("invalid saved config"):
             merged = OmegaConf.merge(OmegaConf.structured(TaskConfig), base)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"invalid saved config: {str(exc).splitlines()[0]}") from None
-        cfg = _merge_overrides(merged, overrides or [])
+        with config_errors():
+            cfg = OmegaConf.to_object(OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides)))
     check_task_config(cfg)
     return cfg
-
-
-def _merge_overrides(merged, overrides: list[str]) -> TaskConfig:
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        raise ConfigError(f"invalid config{f' key {key!r}' if key else ''}: {str(exc).splitlines()[0]}") from None
 
 
 def to_dict(cfg: TaskConfig) -> dict:
@@ -155,6 +146,8 @@ def check_task_config(cfg: TaskConfig) -> None:
         bad("task", f"must be one of {TASKS}, got {cfg.task!r}")
     if d.source not in ("shapeshots", "folder"):
         bad("data.source", f"must be 'shapeshots' or 'folder', got {d.source!r}")
+    if d.task not in STORY_KINDS:
+        bad("data.task", f"must be one of {list(STORY_KINDS)}, got {d.task!r}")
     for key, chosen, allowed in (("data.shapes", d.shapes, SHAPES), ("data.textures", d.textures, TEXTURES),
                                  ("data.patterns", d.patterns, PATTERNS), ("data.sizes", d.sizes, SIZES)):
         if not chosen or set(chosen) - set(allowed):
@@ -184,8 +177,7 @@ def check_task_config(cfg: TaskConfig) -> None:
         bad("data.shots", f"{d.shots} > model.max_shots={m.max_shots}")
     if m.prediction not in ("x", "v"):
         bad("model.prediction", f"must be 'x' or 'v', got {m.prediction!r}")
-    if cfg.sample.sampler not in SAMPLERS:
-        bad("sample.sampler", f"must be one of {SAMPLERS}, got {cfg.sample.sampler!r}")
+    check_sample_settings(cfg.sample)
     if cfg.optim.timestep_sampling not in TIMESTEP_SAMPLING:
         bad("optim.timestep_sampling", f"must be one of {TIMESTEP_SAMPLING}, got {cfg.optim.timestep_sampling!r}")
     if not 0 <= cfg.optim.caption_dropout <= 1:
@@ -194,6 +186,16 @@ def check_task_config(cfg: TaskConfig) -> None:
         bad("optim.ema_decay", f"must be in [0, 1), got {cfg.optim.ema_decay}")
     check_backend(cfg.backend)
     check_trainer_keys(cfg.trainer)
+
+
+def check_sample_settings(sc: SampleConfig) -> None:
+    """``sample.*``: counts >= 1, a known sampler, a finite guidance."""
+    for key in ("steps", "num", "scale"):
+        require_int(f"sample.{key}", getattr(sc, key))
+    if sc.sampler not in SAMPLERS:
+        raise ConfigError(f"sample.sampler: must be one of {SAMPLERS}, got {sc.sampler!r}")
+    if not math.isfinite(sc.guidance):
+        raise ConfigError(f"sample.guidance: must be a finite number (1: no guidance), got {sc.guidance}")
 
 
 def check_backend(b: BackendConfig) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from mocbench.errors import read_text
 from mocbench.tasks.data import collate
 from mocbench.tasks.text import Tokenizer
 
@@ -28,10 +29,8 @@ from mocbench.tasks.text import Tokenizer
 def read_index(root: Path, index: str, shots: int) -> list[dict]:
     """Parse and check the JSONL index; errors name the file, line and field."""
     path = root / index
-    if not path.is_file():
-        raise ValueError(f"clip index {str(path)!r} does not exist")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "clip index").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"

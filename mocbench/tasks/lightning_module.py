@@ -13,7 +13,10 @@ import copy
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 
+from mocbench.config import config_errors, parse_overrides
+from mocbench.tasks.checkpoint import read_checkpoint
 from mocbench.tasks.config import TaskConfig, load_task_config, to_dict
 from mocbench.tasks.flow import flow_loss, guided, integrate, sample_timesteps, velocity_from_output
 from mocbench.tasks.model import DiTShape, VideoDiT
@@ -154,14 +157,26 @@ def build_task(cfg: TaskConfig, vocab: list[str]) -> VideoTask:
     return TASK_CLASSES[cfg.task](to_dict(cfg), list(vocab))
 
 
+def _base_for(saved: dict, overrides: list[str]) -> dict:
+    """The saved config, without its backend params when ``backend.name`` switches to another backend
+    (a MoC checkpoint's ``top_k`` means nothing to ``dense``; only params given as overrides apply)."""
+    with config_errors():
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(parse_overrides(overrides))).get("backend")
+    name = given.get("name") if isinstance(given, dict) else None
+    saved = OmegaConf.to_container(saved) if OmegaConf.is_config(saved) else dict(saved)
+    backend = saved.get("backend") or {}
+    if name is not None and name != backend.get("name"):
+        saved = {**saved, "backend": {**backend, "name": name, "params": {}}}
+    return saved
+
+
 def load_task(checkpoint: str, overrides: list[str] | None = None) -> VideoTask:
     """A task from a checkpoint of ``mocbench train``; ``overrides`` (e.g. ``backend.name=moc``)
-    change the saved config before the model is built (weights must still fit)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "config" not in hp or "vocab" not in hp:
-        raise ValueError(f"{checkpoint!r} is not a mocbench task checkpoint (no saved config/vocab)")
-    cfg = load_task_config(base=hp["config"], overrides=overrides)
+    change the saved config before the model is built (weights must still fit). Switching
+    ``backend.name`` drops the saved backend's params."""
+    ckpt = read_checkpoint(checkpoint)
+    hp = ckpt["hyper_parameters"]
+    cfg = load_task_config(base=_base_for(hp["config"], overrides or []), overrides=overrides)
     task = build_task(cfg, hp["vocab"])
     state = ckpt["state_dict"]
     if task.ema is not None and not any(k.startswith("ema.") for k in state):

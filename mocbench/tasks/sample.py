@@ -9,12 +9,14 @@ backend give identical videos (the noise of sample ``i`` is seeded with ``seed +
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from mocbench.config import ConfigError
+from mocbench.errors import check_output_dir, path_error, require_int
 from mocbench.tasks.lightning_module import VideoTask, load_task
 from mocbench.tasks.media import contact_sheet, stack_sheets, write_mp4, write_png
 from mocbench.tasks.train import torch_threads
@@ -58,8 +60,13 @@ def sample_checkpoint(checkpoint: str, out: str | Path, *, overrides: list[str] 
     attention backends with a recorder)."""
     overrides = list(overrides or [])
     check_sample_overrides(overrides)
-    if not Path(checkpoint).is_file():
-        raise ConfigError(f"checkpoint {str(checkpoint)!r} does not exist")
+    for name, value in (("num", num), ("steps", steps)):
+        if value is not None:
+            require_int(f"--{name}", value)
+    if guidance is not None and not math.isfinite(guidance):
+        raise ConfigError(f"--guidance must be a finite number (1: no guidance), got {guidance}")
+    if write_files:
+        check_output_dir(out, "--out")
     task = load_task(checkpoint, overrides)
     if on_load is not None:
         on_load(task)
@@ -74,7 +81,8 @@ def _sample(task: VideoTask, checkpoint, out, num, seed, steps, sampler, guidanc
     sc, d = task.cfg.sample, task.cfg.data
     num = sc.num if num is None else num
     seed = sc.seed if seed is None else seed
-    steps, sampler = steps or sc.steps, sampler or sc.sampler
+    steps = sc.steps if steps is None else steps
+    sampler = sc.sampler if sampler is None else sampler
     guidance = sc.guidance if guidance is None else guidance
     ref = reference_batch(task, num, seed)
     videos = []
@@ -86,7 +94,10 @@ def _sample(task: VideoTask, checkpoint, out, num, seed, steps, sampler, guidanc
     if not write_files:
         return videos, []
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise path_error(exc, "--out") from None
     written, sheets, meta = [], [], []
     for i in range(num):
         mp4 = write_mp4(out / f"sample_{i:03d}.mp4", videos[i], scale=sc.scale)

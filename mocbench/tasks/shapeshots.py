@@ -7,6 +7,17 @@ Captions name entities and scenes **by id only** (``"shot 1 : entity 2 moves lef
 so the only way to draw entity 2 correctly in shot 1 is to look at an earlier shot where
 it was seen: a long-range memory test by construction.
 
+Story kinds (``ShapeShotsConfig.task``):
+
+- ``story`` (default): the cast and shot plan above.
+- ``recall``: the memory benchmark's task. One entity and one scene per story, both in every
+  shot: shot 0 draws the entity's colour and the scene's colour at random from the palettes
+  (:data:`ENTITY_COLOURS`, :data:`SCENE_COLOURS`), and every later shot shows the same entity in
+  the same scene, on its own random path and without camera pan. With no caption tokens nothing
+  but shot 0's pixels tells a later shot its colours, so drawing them right needs attention to
+  shot 0 (the cast settings ``num_entities``, ``num_scenes``, ``max_entities_per_shot`` and
+  ``pan_prob`` do not apply).
+
 Rendering is sprite based: every entity's sprite is drawn once per story and pasted at
 integer positions, so a recurring entity is pixel-identical wherever it is fully visible
 (the tests check this from the frames). Frames are float32 RGB in ``[0, 1]``,
@@ -33,6 +44,7 @@ SCENE_COLOURS = {
 }
 PATTERNS = ("plain", "stripes", "checker", "gradient")
 MOTIONS = ("left", "right", "up", "down", "bounces")
+STORY_KINDS = ("story", "recall")
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,11 @@ class ShapeShotsConfig:
     textures: tuple[str, ...] = TEXTURES
     patterns: tuple[str, ...] = PATTERNS
     sizes: tuple[str, ...] = SIZES
+    task: str = "story"  # story kind, one of STORY_KINDS (see the module docstring)
 
     def __post_init__(self) -> None:
+        if self.task not in STORY_KINDS:
+            raise ValueError(f"task must be one of {list(STORY_KINDS)}, got {self.task!r}")
         for name, allowed in (("shapes", SHAPES), ("textures", TEXTURES), ("patterns", PATTERNS), ("sizes", SIZES)):
             chosen = tuple(getattr(self, name))
             object.__setattr__(self, name, chosen)
@@ -211,6 +226,8 @@ def _caption(shot: ShotSpec) -> str:
 
 def make_story(seed: int, cfg: ShapeShotsConfig) -> Story:
     """The story of ``seed``: cast, scenes and shot plan (no pixels yet)."""
+    if cfg.task == "recall":
+        return _recall_story(seed, cfg)
     rng = np.random.default_rng(seed)
     colours = rng.permutation(list(ENTITY_COLOURS))  # distinct colours within a story
     cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i % len(colours)]), str(rng.choice(cfg.sizes)),
@@ -231,6 +248,23 @@ def make_story(seed: int, cfg: ShapeShotsConfig) -> Story:
         spec.caption = _caption(spec)
         shots.append(spec)
     return Story(seed, cfg, cast, scenes, shots)
+
+
+def _recall_story(seed: int, cfg: ShapeShotsConfig) -> Story:
+    """One entity and one scene, both random from the palettes, returning in every shot."""
+    rng = np.random.default_rng(seed)
+    entity = Entity(0, str(rng.choice(cfg.shapes)), str(rng.choice(list(ENTITY_COLOURS))), str(rng.choice(cfg.sizes)),
+                    str(rng.choice(cfg.textures)))
+    colour, accent = (str(c) for c in rng.permutation(list(SCENE_COLOURS))[:2])
+    scene = Scene(0, colour, str(rng.choice(cfg.patterns)), accent)
+    shots = []
+    for s in range(cfg.shots):
+        motion = str(rng.choice(MOTIONS))
+        spec = ShotSpec(s, 0, [0], [motion], [0, 0])
+        spec.positions = [_trajectory(rng, motion, cfg, sprite_size(entity.size, cfg))]
+        spec.caption = _caption(spec)
+        shots.append(spec)
+    return Story(seed, cfg, [entity], [scene], shots)
 
 
 def render_story(story: Story) -> np.ndarray:

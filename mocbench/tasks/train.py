@@ -15,7 +15,9 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from mocbench.tasks.config import TRAINER_DEFAULTS, ConfigError, TaskConfig, to_dict
+from mocbench.errors import path_error
+from mocbench.tasks.checkpoint import check_fits, model_state, read_checkpoint
+from mocbench.tasks.config import TRAINER_DEFAULTS, TaskConfig, to_dict
 from mocbench.tasks.lightning_module import VideoTask, build_task
 from mocbench.tasks.shapeshots import ShapeShotsConfig
 
@@ -26,7 +28,7 @@ def shapes_config(cfg: TaskConfig) -> ShapeShotsConfig:
                             num_entities=d.num_entities, num_scenes=d.num_scenes,
                             max_entities_per_shot=d.max_entities_per_shot, pan_prob=d.pan_prob,
                             shapes=tuple(d.shapes), textures=tuple(d.textures), patterns=tuple(d.patterns),
-                            sizes=tuple(d.sizes))
+                            sizes=tuple(d.sizes), task=d.task)
 
 
 def build_datamodule(cfg: TaskConfig) -> L.LightningDataModule:
@@ -54,27 +56,22 @@ def trainer_kwargs(cfg: TaskConfig) -> dict:
     return kw
 
 
-def init_weights_from(task: VideoTask, checkpoint: str) -> None:
-    """Copy the model weights of ``checkpoint`` into ``task`` (architectures must match)."""
-    if not Path(checkpoint).is_file():
-        raise ConfigError(f"init_from: checkpoint {checkpoint!r} does not exist")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    try:
-        task.model.load_state_dict(model_state)
-    except RuntimeError as exc:
-        raise ConfigError(f"init_from: {checkpoint!r} does not fit this model: {str(exc).splitlines()[0]}") from None
+def init_weights_from(task: VideoTask, ckpt: dict, path: str) -> None:
+    """Copy the model weights of checkpoint ``ckpt`` (read from ``path``) into ``task`` (architectures must match)."""
+    weights = model_state(ckpt)
+    check_fits(task.model, weights, "init_from: checkpoint", path)
+    task.model.load_state_dict(weights)
     if task.ema is not None:
-        task.ema.load_state_dict(model_state)
+        task.ema.load_state_dict(weights)
 
 
-def resolve_resume(cfg: TaskConfig) -> str | None:
+def resolve_resume(cfg: TaskConfig) -> tuple[str, dict] | None:
+    """The checkpoint ``resume`` names (``last``: ``out_dir/checkpoints/last.ckpt``) and its contents,
+    checked to be a readable mocbench checkpoint; None without ``resume``."""
     if cfg.resume is None:
         return None
     path = Path(cfg.out_dir) / "checkpoints" / "last.ckpt" if cfg.resume == "last" else Path(cfg.resume)
-    if not path.is_file():
-        raise ConfigError(f"resume: checkpoint {str(path)!r} does not exist")
-    return str(path)
+    return str(path), read_checkpoint(path, "resume: checkpoint")
 
 
 @contextmanager
@@ -97,18 +94,28 @@ def train(cfg: TaskConfig, *, callbacks: list | None = None) -> tuple[L.Trainer,
 
 def _train(cfg: TaskConfig, callbacks: list | None) -> tuple[L.Trainer, VideoTask, Path]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # checkpoints are read (and refused with the file named) before anything is written
+    init = read_checkpoint(cfg.init_from, "init_from: checkpoint") if cfg.init_from else None
+    resume = resolve_resume(cfg)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise path_error(exc, "out_dir") from None
     OmegaConf.save(OmegaConf.create(to_dict(cfg)), out / "config.yaml")
     dm = build_datamodule(cfg)
     task = build_task(cfg, dm.tokenizer.words)
-    if cfg.init_from:
-        init_weights_from(task, cfg.init_from)
-    ckpt_path = resolve_resume(cfg)
+    if init is not None:
+        init_weights_from(task, init, cfg.init_from)
+    ckpt_path = None
+    if resume is not None:
+        ckpt_path = resume[0]
+        check_fits(task.model, model_state(resume[1]), "resume: checkpoint", ckpt_path)
+    del init, resume  # Lightning reads the resume checkpoint again; do not hold two copies
     ckpt_dir = out / "checkpoints"
     kw = trainer_kwargs(cfg)
     every = max(1, int(kw.get("max_steps") or 1000) // 4) if kw.get("max_steps", -1) > 0 else 1000
-    checkpointing = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_last=True,
+    checkpointing = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", save_last=True,
                                                          every_n_train_steps=every, save_top_k=1)
     logger = L.pytorch.loggers.CSVLogger(str(out), name="logs")
     trainer = L.Trainer(default_root_dir=str(out), logger=kw.pop("logger", logger),

@@ -1,17 +1,20 @@
 """Attended-pair counts of MoC: measured from a routing plan, or analytic from the layout.
 
-Both use the per-class tables of :mod:`structure`: a query of class q attends
-``anchor_size[q]`` anchor keys plus ``uncovered[q, c]`` keys for each routed chunk c.
-The analytic count assumes each class routes ``min(top_k, #candidates)`` chunks of the
-class's mean uncovered size; it equals the measured count whenever candidate chunks are
-equal-sized (or every candidate is selected), and is close otherwise.
+A query of class q attends ``anchor_size[q]`` anchor keys plus ``uncovered[q, c]`` keys for
+each routed chunk c (see :mod:`structure`). Measured counts read the ``Q x C`` tables of the
+plan's structure; analytic counts need only each class's number of candidates and their summed
+uncovered keys (:func:`structure.candidate_totals`, no ``Q x C`` table). The analytic count
+assumes each class routes ``min(top_k, #candidates)`` chunks of the class's mean uncovered size;
+it equals the measured count whenever candidate chunks are equal-sized (or every candidate is
+selected), and is close otherwise.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mocbench.backends.moc.structure import AnchorStructure
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.backends.moc.structure import AnchorStructure, QueryClasses, candidate_totals
 
 
 def measured_pairs(structure: AnchorStructure, selected_bhlk: torch.Tensor) -> int:
@@ -28,14 +31,22 @@ def measured_pairs(structure: AnchorStructure, selected_bhlk: torch.Tensor) -> i
     return anchors + int(routed.sum())
 
 
-def analytic_pairs(structure: AnchorStructure, top_k: int) -> float:
+def measured_pairs_bytes(s: MoCSizes) -> int:
+    """Device bytes of :func:`measured_pairs`: per-token anchor sizes, then four int64 (B, H, L, K)
+    temporaries (clamped slots, flat indices, gathered sizes, the masked result) and the ``>= 0``
+    test; on CUDA ``uncovered`` and the token classes copied to the device."""
+    total = s.tokens * 8 + 4 * s.pairs * 8 + s.pairs
+    if not s.on_cpu:
+        total += s.classes * s.chunks * 8 + s.tokens * 8
+    return total
+
+
+def analytic_pairs(classes: QueryClasses, top_k: int, *, causal: bool) -> float:
     """Expected attended pairs per (batch, head), from the layout alone (eval mode)."""
-    size = structure.class_size.to(torch.float64)
-    pairs = (size * structure.anchor_size.to(torch.float64)).sum()
+    size = classes.class_size.to(torch.float64)
+    pairs = (size * classes.anchor_size.to(torch.float64)).sum()
     if top_k > 0:
-        cand = structure.candidate
-        n_cand = cand.sum(1).to(torch.float64)
-        sum_u = (structure.uncovered * cand).sum(1).to(torch.float64)
+        n_cand, sum_u = (t.to(torch.float64) for t in candidate_totals(classes, causal=causal))
         mean_u = torch.where(n_cand > 0, sum_u / n_cand.clamp_min(1), 0.0)
         pairs = pairs + (size * torch.clamp(n_cand, max=top_k) * mean_u).sum()
     return float(pairs)

@@ -13,15 +13,23 @@ from typing import Any
 import torch
 
 from mocbench.backend import AttentionBackend, Capabilities, Plan, check_matches_plan
-from mocbench.backends.moc.accounting import analytic_pairs, measured_pairs
+from mocbench.backends.moc.accounting import analytic_pairs, measured_pairs, measured_pairs_bytes
 from mocbench.backends.moc.impls import IMPLS, resolve_impl
 from mocbench.backends.moc.params import MoCParams
 from mocbench.backends.moc.reference import moc_mask
-from mocbench.backends.moc.routing import route
-from mocbench.backends.moc.structure import AnchorStructure, build_anchor_structure
+from mocbench.backends.moc.routing import route, routing_bytes
+from mocbench.backends.moc.sizes import moc_sizes
+from mocbench.backends.moc.structure import (
+    AnchorStructure,
+    QueryClasses,
+    build_anchor_structure,
+    query_classes,
+    structure_bytes,
+)
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
 from mocbench.stats import AttentionStats, routing_cost
+from mocbench.workspace import layout_bytes
 
 
 @dataclass
@@ -65,11 +73,16 @@ class MoCBackend(AttentionBackend):
                 reasons.append(f"impl {impl.name!r} has no backward pass on {dtype} (inputs require grad)")
         return reasons
 
-    def structure(self, layout: TokenLayout, *, per_token: bool = True) -> AnchorStructure:
+    def structure(self, layout: TokenLayout) -> AnchorStructure:
+        """The ``Q x C`` anchor/candidate tables routing needs (runtime only; ``estimate`` never builds them)."""
         p = self.params
         return build_anchor_structure(layout, p.chunking, text_anchor=p.text_anchor,
-                                      local_anchor=p.resolved_local_anchor(layout), causal=p.causal,
-                                      per_token=per_token)
+                                      local_anchor=p.resolved_local_anchor(layout), causal=p.causal)
+
+    def query_classes(self, layout: TokenLayout) -> QueryClasses:
+        p = self.params
+        return query_classes(layout, p.chunking, text_anchor=p.text_anchor,
+                             local_anchor=p.resolved_local_anchor(layout))
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -114,8 +127,21 @@ class MoCBackend(AttentionBackend):
                               routing_flops=r, pooling_flops=pool, num_chunks=C)
 
     def estimate(self, layout, *, head_dim, batch=1, heads=1) -> AttentionStats:
-        structure = self.structure(layout, per_token=False)
-        L, C = layout.num_tokens, structure.num_chunks
-        pairs = round(analytic_pairs(structure, self.params.top_k)) * batch * heads
+        classes = self.query_classes(layout)
+        L, C = layout.num_tokens, classes.num_chunks
+        pairs = round(analytic_pairs(classes, self.params.top_k, causal=self.params.causal)) * batch * heads
         r, pool = self._routing_flops(batch, heads, L, C, head_dim)
         return AttentionStats(batch, heads, L, head_dim, pairs, routing_flops=r, pooling_flops=pool, num_chunks=C)
+
+    def workspace_bytes(self, layout, *, batch, heads, head_dim, dtype, device="cpu", requires_grad=False) -> int:
+        """The layout's tables and the ``Q x C`` anchor structure (host; cached on the layout), the plan's
+        ``selected`` (B, H, L, K) int64, and the largest of what runs one after another: routing's
+        scores and temporaries, the measured pair count, the implementation's index state, forward and
+        backward (``MoCImpl.workspace``). K, C, Q and the anchor groups come from the layout alone."""
+        p = self.params
+        dev = torch.device(device)
+        s = moc_sizes(self.query_classes(layout), top_k=p.top_k, causal=p.causal, batch=batch, heads=heads,
+                      head_dim=head_dim, dtype=dtype, device=str(dev), requires_grad=requires_grad)
+        impl = resolve_impl(p.impl, dev.type)
+        host = (layout_bytes(s.tokens) + structure_bytes(s)) if s.on_cpu else 0  # CPU tables, counted on CPU only
+        return host + s.pairs * 8 + max(routing_bytes(s), measured_pairs_bytes(s), impl.workspace(s))

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.workspace import fused_attention_bytes
+
 BLOCK = 128
 _compiled_flex = None
 
@@ -149,3 +152,26 @@ def flex_forward(q, k, v, plan) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, block_mask=state.block_mask, scale=plan.scale)
+
+
+def flex_workspace_bytes(s: MoCSizes) -> int:
+    """impl ``flex``: the block mask and the attention. Block mask over a grid of QB x KB = (L/128)^2
+    blocks: anchored pair counts per block (per-class token counts (QB, Q) and anchored keys (Q, KB),
+    float64, on the host; one copy and the full-block test on the device); with routing the
+    (B, H, QB, C+1) hit map, the chunk-to-block incidence and the (B, H, QB, KB) routed blocks;
+    :func:`build_block_mask`'s two ``as_blocks`` (bool, int8, argsort values and int64 indices, int32)
+    and the BlockMask's transposed indices; the padded routing for ``mask_mod``. Attention: compiled
+    FlexAttention on CUDA is a fused kernel; eager on CPU it materialises the (B, H, L, L) scores
+    (float32, or float64) three times and ``mask_mod``'s boolean temporaries."""
+    L, K, C = s.tokens, s.slots, s.chunks
+    QB = KB = -(-L // BLOCK)
+    grid, bh_grid = QB * KB, s.bh * QB * KB
+    host = 2 * s.classes * QB * 8 + 3 * max(s.shots, C) * KB * 8 + 3 * s.classes * KB * 8 + 2 * grid * 8 + 3 * L * 8
+    device = 2 * grid * 8 + 2 * grid + 2 * bh_grid * (1 + 1 + 1 + 17 + 4) + 2 * bh_grid * (4 + 8)
+    if K:
+        device += 3 * s.pairs * 8 + s.bh * QB * (C + 1) * 4 + 2 * C * KB * 4 + bh_grid * (4 + 1 + 1 + 1)
+    device += 3 * QB * BLOCK * 8 + 2 * s.bh * QB * BLOCK * K * 8
+    if not s.on_cpu:
+        return device + fused_attention_bytes(s.batch, s.heads, L, s.head_dim, s.dtype, requires_grad=s.requires_grad)
+    w = 8 if s.dtype == torch.float64 else 4
+    return host + device + s.bh * L * L * (3 * w + K + 4)

@@ -33,9 +33,22 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.gather import (_routed_piece, _routed_piece_bwd, _sorted_kv, anchor_backward,
-                                          add_unsorted, anchor_forward, run_cpu_impl)
-from mocbench.backends.moc.gather_index import GatherIndex, gather_index
+from mocbench.backends.moc.gather import (
+    _routed_piece,
+    _routed_piece_bwd,
+    _sorted_kv,
+    add_unsorted,
+    anchor_backward,
+    anchor_backward_bytes,
+    anchor_forward,
+    anchor_forward_bytes,
+    cpu_cast_bytes,
+    partial_piece_bytes,
+    run_cpu_impl,
+)
+from mocbench.backends.moc.gather_index import GatherIndex, gather_index, gather_index_bytes
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.workspace import KERNEL_SCRATCH_BYTES
 
 
 @dataclass(eq=False)
@@ -164,3 +177,26 @@ def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fused_forward(q, k, v, plan) -> torch.Tensor:
     return fused_forward_lse(q, k, v, plan)[0]
+
+
+def fused_workspace_bytes(s: MoCSizes) -> int:
+    """impl ``fused``: the layout index; ``routed_index``'s CSR (kept in the plan) and its build
+    buffers; forward: output and LSE (kept for backward), the wider anchor buckets on ATen's flash, the
+    C++ kernels' per-thread tiles (keys of an anchor group <= 1024, a score tile <= 2^18, query and
+    output tiles, running max/sum); backward: the anchors' gradients, chunk-sorted dk, dv, ``delta``,
+    per-thread (L, D) dq buffers and tiles. Partly anchored chunks run :func:`gather._routed_piece`."""
+    D, f, E, T = s.head_dim, s.f, s.pairs, s.threads
+    rows_d = s.rows * D * f
+    kv_sorted = 2 * rows_d if s.reordered else 0
+    groups = s.bh * s.chunks + 1
+    kept = (groups * 8 + E * 8 + s.chunks * 9) if s.slots else 0
+    built = (E + 3 * groups * 8 + E * 8) if s.slots else 0
+    tiles = T * ((2 * 1024 * D + (1 << 18) + 4 * 256 * D) * f + 2 * s.tokens * f)
+    forward = tiles + max(anchor_forward_bytes(s), kv_sorted + partial_piece_bytes(s))
+    if s.requires_grad:
+        routed_bwd = 2 * rows_d + rows_d + s.rows * f + kv_sorted + T * s.tokens * D * f \
+            + T * (3 * 256 * D + 2 * (1 << 17)) * f + 3 * s.chunks * 8 + partial_piece_bytes(s)
+        forward = max(forward, 3 * rows_d + max(anchor_backward_bytes(s), routed_bwd if s.slots else 0))
+    saved = rows_d + s.rows * f
+    return (cpu_cast_bytes(s) + gather_index_bytes(s) + KERNEL_SCRATCH_BYTES + kept
+            + max(built, saved + forward))

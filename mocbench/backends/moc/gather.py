@@ -36,7 +36,17 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backend import check_matches_plan
-from mocbench.backends.moc.gather_index import GatherIndex, RoutedGroups, _partial_mask, gather_index, routed_groups
+from mocbench.backends.moc.gather_index import (
+    GatherIndex,
+    RoutedGroups,
+    _partial_mask,
+    gather_index,
+    gather_index_bytes,
+    routed_groups,
+    routed_groups_bytes,
+)
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.workspace import KERNEL_SCRATCH_BYTES
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
@@ -280,3 +290,64 @@ def gather_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather_forward(q, k, v, plan) -> torch.Tensor:
     return gather_forward_lse(q, k, v, plan)[0]
+
+
+# ----------------------------------------------------------------------------- working set (no tensors)
+def cpu_cast_bytes(s: MoCSizes) -> int:
+    """:func:`run_cpu_impl` computes half types in float32: copies of q, k, v (saved for backward);
+    backward adds the float32 output gradient and float32 dq, dk, dv before they are cast back."""
+    if s.e == s.f:
+        return 0
+    rows_d = s.rows * s.head_dim * 4
+    return 3 * rows_d + (4 * rows_d if s.requires_grad else 0)
+
+
+def anchor_forward_bytes(s: MoCSizes) -> int:
+    """:func:`anchor_forward` on every bucket (bounded by all buckets together): gathered queries, keys
+    and values, the flash output (and its layout copy) and log-sum-exp."""
+    D, f = s.head_dim, s.f
+    return 3 * s.rows * D * f + 2 * s.bh * s.anchor_keys * D * f + s.rows * 4
+
+
+def anchor_backward_bytes(s: MoCSizes) -> int:
+    """:func:`anchor_backward` beyond its dq, dk, dv (B*H*L*D each, which the caller keeps): per bucket
+    the gathered output gradient, queries, outputs, keys, values, LSE and flash backward's dq, dk, dv."""
+    D, f = s.head_dim, s.f
+    return 4 * s.rows * D * f + 4 * s.bh * s.anchor_keys * D * f + s.rows * f
+
+
+def partial_piece_bytes(s: MoCSizes) -> int:
+    """One partly anchored chunk (:func:`_routed_piece`, its backward): the (rows, keys) anchored map,
+    two comparisons, the float mask and its kept rows, gathered rows, output and merge temporaries."""
+    if not s.partial_chunks:
+        return 0
+    factor = 2 if s.requires_grad else 1
+    return factor * (s.tokens * s.max_chunk * (3 + 2 * s.f) + 6 * s.tokens * s.head_dim * s.f)
+
+
+def _padded_slots(s: MoCSizes) -> int:
+    """P: routed pairs laid out in padded buckets (<= 1.5x, ``_BUCKET_SLACK``) plus partly anchored pieces."""
+    return (3 * s.pairs) // 2 + (s.pairs if s.partial_chunks else 0)
+
+
+def gather_workspace_bytes(s: MoCSizes) -> int:
+    """impl ``gather``: the layout index and the routed groups (built, then kept in the plan); the
+    anchor partials' output and LSE (kept for backward) plus the larger of the anchor and the routed
+    phase: padded query rows, keys and values of one bucket while the earlier buckets' outputs
+    accumulate, then the outputs before and after concatenation, and the merge bands; backward: dq,
+    dk, dv plus the larger of the anchor buckets' and the routed buckets' gradients."""
+    D, f, P = s.head_dim, s.f, _padded_slots(s)
+    rows_d = s.rows * D * f
+    kv_sorted = 2 * rows_d if s.reordered else 0
+    built, kept = routed_groups_bytes(s)
+    slab = 2 * min(s.pairs * D * f, _SLAB_BYTES * f // 4)  # a band's gathered partials and their weights
+    pieces = partial_piece_bytes(s)
+    routed_fwd = rows_d + kv_sorted + max(2 * P * D * f + 2 * rows_d, 2 * P * (D + 1) * f) + slab + pieces
+    forward = max(anchor_forward_bytes(s), routed_fwd if s.slots else 0)
+    if s.requires_grad:  # concatenated q, dout, out; chunk-sorted dk, dv; a bucket's gathers and outputs
+        routed_bwd = 3 * rows_d + kv_sorted + 2 * rows_d + max(4 * P * D * f + 4 * rows_d, 2 * P * D * f) \
+            + slab + pieces
+        forward = max(forward, 3 * rows_d + max(anchor_backward_bytes(s), routed_bwd if s.slots else 0))
+    saved = rows_d + s.rows * f
+    return (cpu_cast_bytes(s) + gather_index_bytes(s) + KERNEL_SCRATCH_BYTES + kept
+            + max(built, saved + forward))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.backends.moc.structure import AnchorStructure
 
 # Above this many booleans the (BH, C+1, L) routed-membership map is replaced by a sort.
@@ -89,6 +90,13 @@ def gather_index(layout, structure: AnchorStructure) -> GatherIndex:
                       bool((ct.token_index == torch.arange(layout.num_tokens)).all()))
     cache[key] = out
     return out
+
+
+def gather_index_bytes(s: MoCSizes) -> int:
+    """:func:`gather_index` (cached on the layout): stacked query and key indices of the anchor groups
+    (twice while stacking), per-shot member lists, the partly-anchored test over the ``Q x C``
+    table, the identity-order test."""
+    return 2 * (s.tokens + s.anchor_keys) * 8 + 3 * s.classes * s.chunks + 3 * s.tokens * 8
 
 
 # ----------------------------------------------------------------------------- routed groups
@@ -198,3 +206,21 @@ def _partial_mask(idx: GatherIndex, structure: AnchorStructure, c: int, rows_n: 
     keep_n = ~anchored_nm.all(1)
     mask = torch.zeros(anchored_nm.shape, dtype=dtype).masked_fill_(anchored_nm, float("-inf"))
     return keep_n, mask[keep_n][None, None]
+
+
+def routed_groups_bytes(s: MoCSizes) -> tuple[int, int]:
+    """(peak while :func:`routed_groups` builds, what the result keeps). Building: the (BH, C+1, L)
+    membership map with its int32 cumulative sum, or above ``_HOT_MAP_MAX`` the sort of int64 pair
+    keys; the Python lists of groups (~40 bytes per (bh, chunk), ~150 per non-empty group). Kept:
+    padded slot rows (P <= 1.5 E, plus partly anchored pieces), key rows, ``inv_rk`` (N, K)."""
+    if not s.slots:
+        return 0, 0
+    E, BH, C, L = s.pairs, s.bh, s.chunks, s.tokens
+    P = (3 * E) // 2 + (E if s.partial_chunks else 0)
+    if BH * (C + 1) * L <= _HOT_MAP_MAX:
+        tables = 5 * BH * (C + 1) * L + 4 * E * 8
+    else:
+        tables = 3 * E * 8 + 6 * E * 8 + E
+    python = BH * C * 40 + min(BH * C, E) * 150
+    kept = P * 8 + s.rows * 8 + E * 8
+    return tables + BH * C * 8 + python + kept + 2 * E * 8, kept

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.flex import flex_forward, prepare_flex
-from mocbench.backends.moc.fused import fused_forward, prepare_fused
-from mocbench.backends.moc.gather import gather_forward, prepare_gather
-from mocbench.backends.moc.reference import reference_forward
-from mocbench.backends.moc.triton_impl import prepare_triton, triton_forward
+from mocbench.backends.moc.flex import flex_forward, flex_workspace_bytes, prepare_flex
+from mocbench.backends.moc.fused import fused_forward, fused_workspace_bytes, prepare_fused
+from mocbench.backends.moc.gather import gather_forward, gather_workspace_bytes, prepare_gather
+from mocbench.backends.moc.reference import reference_forward, reference_workspace_bytes
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.backends.moc.triton_impl import prepare_triton, triton_forward, triton_workspace_bytes
 from mocbench.backends.moc.triton_impl import unavailable_reason as triton_unavailable
 
 
@@ -30,6 +31,9 @@ class MoCImpl:
     forward: Callable
     devices: tuple[str, ...]
     description: str
+    # Upper bound of the device bytes its prepare step, forward and backward allocate (no tensors);
+    # see MoCBackend.workspace_bytes.
+    workspace: Callable[[MoCSizes], int]
     # Optional index building run inside ``prepare`` (so it is timed with routing); its result
     # is stored in ``plan.impl_state``.
     prepare: Callable | None = None
@@ -44,23 +48,28 @@ class MoCImpl:
 
 IMPLS: dict[str, MoCImpl] = {
     "reference": MoCImpl("reference", reference_forward, ("cpu", "cuda"),
-                         "dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory"),
+                         "dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory",
+                         workspace=reference_workspace_bytes),
     "flex": MoCImpl("flex", flex_forward, ("cuda", "cpu"),
                     "FlexAttention with a BlockMask built from the routing (compiled on CUDA; eager, "
-                    "unfused and forward-only on CPU: correctness only)", prepare=prepare_flex,
+                    "unfused and forward-only on CPU: correctness only)", workspace=flex_workspace_bytes,
+                    prepare=prepare_flex,
                     backward_devices=("cuda",)),
     "gather": MoCImpl("gather", gather_forward, ("cpu",),
                       "CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused flash "
-                      "kernels, exact log-sum-exp merge; custom backward", prepare=prepare_gather,
+                      "kernels, exact log-sum-exp merge; custom backward", workspace=gather_workspace_bytes,
+                      prepare=prepare_gather,
                       backward_devices=("cpu",)),
     "fused": MoCImpl("fused", fused_forward, ("cpu",),
                      "CPU: a C++ kernel (built at first use): anchors and routed chunks in cache-sized tiles on "
                      "BLAS, each row's partials folded in place by online softmax; exact; C++ backward",
-                     prepare=prepare_fused, backward_devices=("cpu",), unavailable=cpu_ext.unavailable_reason),
+                     workspace=fused_workspace_bytes, prepare=prepare_fused, backward_devices=("cpu",),
+                     unavailable=cpu_ext.unavailable_reason),
     "triton": MoCImpl("triton", triton_forward, ("cuda",),
                       "CUDA: Triton kernels reading the routing CSR (anchor and routed partials, exact LSE merge, "
                       "atomic backward); float32/float16/bfloat16. Checked in Triton's interpreter on CPU; "
-                      "not yet measured on a GPU, so not the CUDA default", prepare=prepare_triton,
+                      "not yet measured on a GPU, so not the CUDA default", workspace=triton_workspace_bytes,
+                      prepare=prepare_triton,
                       backward_devices=("cuda",), unavailable=triton_unavailable,
                       dtypes=(torch.float32, torch.float16, torch.bfloat16)),
 }

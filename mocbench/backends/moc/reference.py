@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from mocbench.backends.moc.routing import selected_to_chunk_mask
+from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.backends.moc.structure import anchor_mask
+from mocbench.workspace import sdpa_bytes
 
 
 def moc_mask(plan) -> torch.Tensor:
@@ -27,3 +29,17 @@ def moc_mask(plan) -> torch.Tensor:
 
 def reference_forward(q, k, v, plan) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=moc_mask(plan), scale=plan.scale)
+
+
+def reference_workspace_bytes(s: MoCSizes) -> int:
+    """The (L, L) anchor mask and one comparison temporary (built on the host; on CUDA one device copy);
+    with routing, the (B, H, L, C+1) membership map, the routed keys and their union with the anchors
+    ((B, H, L, L) bool each); then SDPA with that mask."""
+    L2 = s.tokens * s.tokens
+    total = (2 if s.on_cpu else 1) * L2
+    mask_elements = L2
+    if s.slots:
+        total += s.rows * (s.chunks + 1) + s.pairs * 8 + 2 * s.bh * L2
+        mask_elements = s.bh * L2
+    return total + sdpa_bytes(s.batch, s.heads, s.tokens, s.head_dim, s.dtype, s.device,
+                              requires_grad=s.requires_grad, mask_elements=mask_elements)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.backends.moc.structure import AnchorStructure
 
 # Scores are accumulated in at least float32 so every implementation routes identically.
@@ -84,6 +85,23 @@ def route(
     if extra is not None:
         selected = torch.cat([selected, extra], dim=-1)
     return selected
+
+
+def routing_bytes(s: MoCSizes) -> int:
+    """Device bytes :func:`route` allocates at its peak in eval mode, ``selected`` itself excluded:
+    the (L, C) candidate map and its negation, pooled keys phi (B, H, C, D) and their mean, the
+    (B, H, L, C) scores, top-k values and the ``-inf`` test, in the routing dtype (float32 or
+    wider); float32 copies of k and q for half types; on CUDA the candidate table and token
+    classes copied to the device."""
+    if not s.slots:
+        return 0
+    r, D, L, C = s.f, s.head_dim, s.tokens, s.chunks
+    total = 2 * L * C + 2 * s.bh * C * D * r + s.bh * L * C * r + s.pairs * (r + 1)
+    if s.e != r:
+        total += 2 * s.rows * D * r
+    if not s.on_cpu:
+        total += s.classes * C + L * 8
+    return total
 
 
 def selected_to_chunk_mask(selected: torch.Tensor, num_chunks: int) -> torch.Tensor:

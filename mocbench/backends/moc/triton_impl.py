@@ -27,6 +27,8 @@ import torch
 
 from mocbench.backend import check_matches_plan
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
+from mocbench.backends.moc.sizes import MoCSizes
+from mocbench.workspace import KERNEL_SCRATCH_BYTES
 
 BLOCK_M = 64
 BLOCK_N = 64
@@ -216,3 +218,21 @@ def triton_forward(q, k, v, plan) -> torch.Tensor:
     scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     q_, k_, v_ = (t.contiguous() for t in (q, k, v))
     return _MoCTritonFn.apply(q_, k_, v_, plan, state, scale)[0]
+
+
+def triton_workspace_bytes(s: MoCSizes) -> int:
+    """impl ``triton`` (device bytes): layout index data (int32); the prepare step's sort of the
+    (B*H*L, K) routing (values, int64 indices, duplicates, group keys, stable argsort with its
+    buffers), group counts and offsets over G = B*H*C groups, the int32 pair and slot lists and the
+    tile list (T_max = E/BLOCK_M + G); forward: the float32 anchor partial (N, DP) and one float32
+    partial per routed slot (N*K, DP) with their LSEs; backward: ``delta`` with its float32 copies
+    and float32 dq, dk, dv accumulators (N, DP) each."""
+    D, DP, E, N = s.head_dim, _padded(s.head_dim), s.pairs, s.rows
+    G = s.bh * s.chunks
+    total = (s.tokens + s.anchor_keys) * 4 + 4 * s.tokens * 4 + (s.chunks + 1) * 4 + KERNEL_SCRATCH_BYTES
+    if s.slots:
+        t_max = E // BLOCK_M + G
+        total += 2 * E * 8 + E + 4 * E * 8 + 3 * E * 8 + 3 * (G + 1) * 8 + 2 * E * 4 + 5 * t_max * 8
+    forward = N * DP * 4 + N * 4 + max(1, E) * (DP + 1) * 4 + N * 4
+    backward = 3 * N * D * 4 + N * 4 + 3 * N * DP * 4 if s.requires_grad else 0
+    return total + forward + backward

@@ -71,6 +71,7 @@ class Capabilities:
     max_head_dim: int | None = None
     head_dim_multiple: int = 1
     backward: bool = True
+    backward_devices: tuple[str, ...] | None = None  # where the backward pass runs (None: every device)
     min_compute_capability: tuple[int, int] | None = None
     requires: tuple[str, ...] = ()
     exact: bool = True  # computes the spec's function (up to float rounding)
@@ -109,6 +110,10 @@ class Capabilities:
                 out.append(f"head_dim {head_dim} is not a multiple of {self.head_dim_multiple}")
         if requires_grad and not self.backward:
             out.append("no backward pass (inputs require grad)")
+        elif requires_grad and device is not None and self.backward_devices is not None \
+                and torch.device(device).type not in self.backward_devices:
+            out.append(f"no backward pass on {torch.device(device).type} (inputs require grad; backward runs on "
+                       f"{', '.join(self.backward_devices)})")
         return out
 
 
@@ -122,6 +127,11 @@ class Plan:
     head_dim: int
     device: torch.device
     scale: float | None = None  # softmax scale; None = 1/sqrt(head_dim)
+
+    @property
+    def softmax_scale(self) -> float:
+        """The scale actually used: ``scale``, or 1/sqrt(head_dim) when it is None."""
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, layout: TokenLayout) -> None:
@@ -216,10 +226,24 @@ class AttentionBackend:
             requires_grad = q.requires_grad if requires_grad is None else requires_grad
         reasons = self.capabilities.reasons(device=device, dtype=dtype, head_dim=head_dim,
                                             requires_grad=bool(requires_grad))
-        return reasons + self._extra_reasons(layout)
+        return reasons + self._more_reasons(device=device, dtype=dtype, head_dim=head_dim,
+                                            requires_grad=bool(requires_grad), layout=layout)
 
-    def _extra_reasons(self, layout: TokenLayout | None) -> list[str]:
+    def _more_reasons(self, *, device, dtype, head_dim, requires_grad: bool, layout) -> list[str]:
+        """Reasons beyond the declared capabilities (e.g. the implementation a param selects)."""
         return []
+
+    @classmethod
+    def implementations(cls, devices: list[str]) -> list[dict]:
+        """Rows describing the implementations a param selects between (for ``mocbench backends``),
+        each ``{impl, devices, auto_order, available, reasons, note, description}``; [] when there is
+        one. Must not compile or allocate anything."""
+        return []
+
+    def implementation(self, device: torch.device | str) -> str:
+        """The name of the implementation this backend runs on ``device`` ("" when it has only one);
+        written into every result row."""
+        return ""
 
     def check_supported(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, layout: TokenLayout) -> None:
         check_qkv(q, k, v, layout)
@@ -251,10 +275,6 @@ class AttentionBackend:
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
         raise NotImplementedError
-
-    @staticmethod
-    def resolved_scale(plan: Plan) -> float:
-        return plan.scale if plan.scale is not None else 1.0 / math.sqrt(plan.head_dim)
 
     # ------------------------------------------------------------------ inspection
     def attention_pattern(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout) -> torch.Tensor:

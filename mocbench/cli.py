@@ -45,9 +45,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
         rows.append({"name": spec.name, "family": spec.family, "available": not reasons,
                      "devices": ",".join(caps.devices), "params": params, "source": spec.source,
                      "reasons": reasons})
-    impls = _moc_impl_rows(devices)
+    impls = {spec.name: spec.cls.implementations(devices) for spec in backend_specs()}
+    impls = {name: table for name, table in impls.items() if table}
     if args.json:
-        print(json.dumps({"backends": rows, "moc_impls": impls}, indent=2))
+        print(json.dumps({"backends": rows, "implementations": impls}, indent=2))
         return 0
     table = Table(title=f"mocbench backends (devices here: {', '.join(devices)})")
     for col in ("name", "family", "available", "devices", "params", "reasons"):
@@ -56,33 +57,23 @@ def cmd_backends(args: argparse.Namespace) -> int:
         table.add_row(r["name"], r["family"], "[green]yes[/]" if r["available"] else "[red]no[/]", r["devices"],
                       r["params"], "; ".join(r["reasons"]) or "-")
     console.print(table)
-    itable = Table(title="moc implementations (param impl=; 'auto' runs the first available of its device's order)")
-    for col in ("impl", "devices", "auto order", "available here", "what it is"):
-        itable.add_column(col, overflow="fold")
-    for r in impls:
-        itable.add_row(r["impl"], r["devices"], r["auto_order"], "[green]yes[/]" if r["available"] else
-                       f"[red]no[/]: {r['reason']}", r["description"])
-    console.print(itable)
+    for name, impl_rows in impls.items():
+        itable = Table(title=f"{name} implementations (param impl=; 'auto' runs the first of its device's order "
+                             "that supports the call)")
+        for col in ("impl", "devices", "auto order", "available here", "what it is"):
+            itable.add_column(col, overflow="fold")
+        for r in impl_rows:
+            here = ("[green]yes[/]" + (f" ({r['note']})" if r["note"] else "")) if r["available"] \
+                else f"[red]no[/]: {'; '.join(r['reasons'])}"
+            itable.add_row(r["impl"], r["devices"], r["auto_order"], here, r["description"])
+        console.print(itable)
     return 0
-
-
-def _moc_impl_rows(devices: list[str]) -> list[dict]:
-    from mocbench.backends.moc.impls import AUTO_ORDER, IMPLS
-
-    rows = []
-    for name, impl in IMPLS.items():
-        order = [f"{dev} #{AUTO_ORDER[dev].index(name) + 1}" for dev in AUTO_ORDER if name in AUTO_ORDER[dev]]
-        reason = impl.unavailable_reason()
-        if reason is None and not set(impl.devices) & set(devices):
-            reason = f"needs {' or '.join(impl.devices)}"
-        rows.append({"impl": name, "devices": ",".join(impl.devices), "auto_order": ", ".join(order) or "opt-in",
-                     "available": reason is None, "reason": reason, "description": impl.description})
-    return rows
 
 
 def _stats_row(label: str, s: AttentionStats) -> dict:
     return {"backend": label, "tokens": s.tokens, "chunks": s.num_chunks, "keys_per_query": s.mean_keys_per_query,
-            "sparsity": s.sparsity, "attention_flops": s.attention_flops, "routing_flops": s.routing_flops + s.pooling_flops,
+            "sparsity": s.sparsity, "attention_flops": s.attention_flops, "routing_flops": s.routing_flops,
+            "pooling_flops": s.pooling_flops,
             "total_flops": s.total_flops, "dense_flops": s.dense_flops, "dense_over_total": s.flops_reduction}
 
 
@@ -99,12 +90,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     title = cfg.title or "Analytic attention cost (per layer, forward)"
     table = Table(title=f"{title}\n{_short_layout(layout)}, head_dim={cfg.head_dim}, batch={cfg.batch}, heads={cfg.heads}")
-    for col in ("backend", "L", "chunks", "keys/query", "sparsity", "attn FLOPs", "routing FLOPs", "total FLOPs",
-                "dense FLOPs", "dense/total"):
+    for col in ("backend", "L", "chunks", "keys/query", "sparsity", "attn FLOPs", "routing+pooling FLOPs",
+                "total FLOPs", "dense FLOPs", "dense/total"):
         table.add_column(col, justify="left" if col == "backend" else "right", overflow="fold")
     for r in rows:
         table.add_row(r["backend"], f"{r['tokens']:,}", str(r["chunks"] or "-"), f"{r['keys_per_query']:,.0f}",
-                      f"{100 * r['sparsity']:.1f}%", _fmt_flops(r["attention_flops"]), _fmt_flops(r["routing_flops"]),
+                      f"{100 * r['sparsity']:.1f}%", _fmt_flops(r["attention_flops"]),
+                      _fmt_flops(r["routing_flops"] + r["pooling_flops"]),
                       _fmt_flops(r["total_flops"]), _fmt_flops(r["dense_flops"]), f"{r['dense_over_total']:.2f}x")
     console.print(table)
     return 0
@@ -184,7 +176,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mocbench.bench.report import write_report
 
     written = write_report(args.stores, args.out, reference=args.reference, figures=not args.no_figures)
-    _print_bench_summary(args.stores, args.reference)
+    if not args.quiet:
+        _print_bench_summary(args.stores, args.reference)
     console.print(f"wrote {len(written)} files under {written[-1].parent}: "
                   + ", ".join(str(p.relative_to(written[-1].parent)) for p in written), highlight=False)
     return 0
@@ -247,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: the first store's directory)")
     p.add_argument("--reference", default="dense", help="backend label speed-ups are relative to (default dense)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--quiet", action="store_true", help="list the files written; do not print the tables")
     p.add_argument("--table", choices=("paper1", "paper2", "ablation"),
                    help="paper-style quality table from `mocbench eval` rows (single-/multi-shot), or the "
                         "ablation tables and figures of a `mocbench sweep` store, instead")

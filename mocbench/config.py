@@ -7,7 +7,9 @@ with the same error messages as the Python API.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from mocbench.layout import TokenLayout
 T = TypeVar("T")
 
 __all__ = ["BackendConfig", "ConfigError", "LayoutConfig", "PlanConfig", "add_config_arguments", "config_errors",
-           "load_config", "load_yaml", "parse_overrides"]
+           "load_config", "load_yaml", "parse_overrides", "stable_hash"]
 
 
 @dataclass
@@ -36,17 +38,19 @@ class LayoutConfig:
     tokens_per_frame: int = 256
     text_tokens: Any = 64
     text_placement: str = "interleaved"
+    frame_shape: Optional[List[int]] = None  # [h, w] patch rows x columns (h * w = tokens_per_frame); None: unknown
 
     def build(self) -> TokenLayout:
         frames, text = _plain(self.frames), _plain(self.text_tokens)
+        frame_shape = _plain(self.frame_shape)
         shots = self.shots
         if shots is None:
             shots = len(frames) if isinstance(frames, list) else 1
         if shots == 1 and not isinstance(frames, list) and not isinstance(text, list):
             return TokenLayout.single_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame,
-                                           text_placement=self.text_placement)
+                                           text_placement=self.text_placement, frame_shape=frame_shape)
         return TokenLayout.multi_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame,
-                                      text_placement=self.text_placement, shots=shots)
+                                      text_placement=self.text_placement, shots=shots, frame_shape=frame_shape)
 
 
 @dataclass
@@ -73,6 +77,14 @@ class PlanConfig:
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """The one hash of every key in mocbench (result rows, sweep cells, shared runs, sample sets):
+    sha256 of ``obj`` as canonical JSON (sorted keys; non-JSON values by ``str``), first ``length`` hex
+    digits. Stable across processes, machines and Python versions (unlike ``hash()``)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 @contextmanager

@@ -176,3 +176,28 @@ def test_wrong_gradients_fail_the_fwd_bwd_cell_only(tmp_path, monkeypatch):
     dense = {r["pass"]: r for r in read_rows(out).values() if r["backend"] == "dense"}
     assert dense["fwd"]["status"] == "ok"
     assert dense["fwd+bwd"]["status"] == "failed" and "gradients differ" in dense["fwd+bwd"]["reason"]
+
+
+def test_paired_reference_times_each_cell_side_by_side_with_dense(tmp_path):
+    """timing.paired_reference: every non-reference cell records the reference's time measured interleaved
+    with its own on the same inputs, and the report's speed-up is that paired ratio."""
+    from mocbench.bench.report import build_tables
+    from mocbench.bench.store import load_table
+
+    out = tmp_path / "r.csv"
+    run_bench(tiny_cfg(out, ["timing.paired_reference=true", "workloads.0.shots=[2]",
+                             "backends=[{name: dense}, {name: moc, params: {top_k: 1, chunking: frame}}]"]),
+              progress=False)
+    rows = {r["backend"]: r for r in read_rows(out).values()}
+    moc, dense = rows["moc"], rows["dense"]
+    assert float(moc["paired_reference_ms"]) > 0 and float(moc["paired_speedup"]) > 0
+    assert float(moc["paired_speedup_iqr"]) >= 0 and dense["paired_speedup"] == ""
+    full = build_tables(load_table(out))["latency"]
+    assert float(full.loc[full["backend"].str.startswith("moc"), "speed-up"].iloc[0]) == float(moc["paired_speedup"])
+
+
+def test_paired_reference_needs_the_reference_among_the_backends(tmp_path):
+    from mocbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="timing.paired_reference needs the reference 'dense'"):
+        tiny_cfg(tmp_path / "r.csv", ["timing.paired_reference=true", "backends=[{name: shot_local}]"])

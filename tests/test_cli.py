@@ -21,12 +21,12 @@ def test_backends_table_lists_every_backend_with_availability(capsys):
     assert not rows["flash_attn"]["available"] or rows["flash_attn"]["reasons"] == []
     if not rows["xformers"]["available"]:
         assert rows["xformers"]["reasons"], "an unavailable backend must say why"
-    impls = {r["impl"]: r for r in out["moc_impls"]}
+    impls = {r["impl"]: r for r in out["implementations"]["moc"]}
     assert set(impls) == {"reference", "gather", "fused", "flex", "triton"}
     assert impls["gather"]["available"] and impls["gather"]["auto_order"].startswith("cpu #")
     assert impls["triton"]["auto_order"] == "opt-in"
     if not torch.cuda.is_available():
-        assert not impls["triton"]["available"] and impls["triton"]["reason"]
+        assert not impls["triton"]["available"] and impls["triton"]["reasons"]
 
 
 def test_plan_paper_config_reports_sparsity_and_flops(capsys):
@@ -83,3 +83,19 @@ def test_unknown_backend_from_python_lists_names():
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert "KeyError" in proc.stderr and "dense" in proc.stderr and "moc" in proc.stderr
+
+
+def test_backends_listing_never_compiles_the_fused_kernel(capsys, monkeypatch):
+    """A new user's first `mocbench backends` lists the fused impl as available (builds on first use)
+    without compiling it."""
+    from mocbench.backends.moc import cpu_ext
+
+    def refuse(*a, **k):
+        raise AssertionError("mocbench backends must not build the C++ kernel")
+
+    monkeypatch.setattr(cpu_ext, "load", refuse)
+    monkeypatch.setattr(cpu_ext, "_STATE", {})
+    monkeypatch.setattr(cpu_ext, "is_built", lambda: False)
+    assert main(["backends", "--json"]) == 0
+    fused = {r["impl"]: r for r in json.loads(capsys.readouterr().out)["implementations"]["moc"]}["fused"]
+    assert fused["available"] and "compiles at first use" in fused["note"]

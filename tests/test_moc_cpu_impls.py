@@ -22,7 +22,7 @@ from mocbench import TokenLayout
 from mocbench.backends.moc import fused, gather, gather_index
 from mocbench.backends.moc.impls import IMPLS, resolve_impl
 
-_FUSED_MISSING = IMPLS["fused"].unavailable_reason()
+_FUSED_MISSING = "; ".join(IMPLS["fused"].not_supported_reasons(device="cpu")) or None
 FAST = ["gather", pytest.param("fused", marks=pytest.mark.skipif(_FUSED_MISSING is not None,
                                                                   reason=str(_FUSED_MISSING)))]
 
@@ -192,3 +192,23 @@ def test_plan_state(impl, state_type):
 def test_auto_resolution_prefers_fused_when_it_builds():
     expected = "fused" if _FUSED_MISSING is None else "gather"
     assert resolve_impl("auto", "cpu").name == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_auto_with_no_fitting_impl_lists_every_candidates_reasons():
+    """impl='auto' never falls back silently: when no candidate fits, the error names each one's reasons."""
+    with pytest.raises(ValueError) as err:
+        resolve_impl("auto", "cuda", dtype=torch.float16)
+    msg = str(err.value)
+    assert "impl 'flex': CUDA is not available" in msg and "impl 'reference': CUDA is not available" in msg
+
+
+def test_impls_declare_capabilities_in_the_backends_vocabulary():
+    """One vocabulary: every impl's refusals come from mocbench.Capabilities (devices, dtypes, backward)."""
+    from mocbench.backend import Capabilities
+
+    assert all(isinstance(impl.caps, Capabilities) for impl in IMPLS.values())
+    flex = IMPLS["flex"].not_supported_reasons(device="cpu", dtype=torch.float32, requires_grad=True)
+    assert flex == ["impl 'flex': no backward pass on cpu (inputs require grad; backward runs on cuda)"]
+    triton = IMPLS["triton"].not_supported_reasons(device="cpu", dtype=torch.float64)
+    assert any("device 'cpu' not supported" in r for r in triton) and any("float64 not supported" in r for r in triton)

@@ -16,7 +16,7 @@ from mocbench.backend import UnsupportedError
 from mocbench.backends.moc import cpu_ext, fused, impls
 from mocbench.backends.moc.impls import IMPLS
 
-_MISSING = IMPLS["fused"].unavailable_reason()
+_MISSING = "; ".join(IMPLS["fused"].not_supported_reasons(device="cpu")) or None
 needs_kernel = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 

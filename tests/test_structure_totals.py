@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import LAYOUT_KINDS, MOC_RULES, random_layout
 
-from mocbench.backends.moc.structure import build_anchor_structure, candidate_totals
+from mocbench.anchors import build_anchor_structure, candidate_totals
 
 
 @pytest.mark.parametrize("i", range(40))

@@ -99,11 +99,9 @@ def test_text_counts_and_dense_is_not_recorded():
 
 
 def test_install_wraps_every_layer():
-    from mocbench.tasks.model import DiTShape, VideoDiT
+    from mocbench.tasks.model import DiTShape, ModelConfig, VideoDiT
 
-    fields = DiTShape.__dataclass_fields__
-    kw = {k: v for k, v in {"dim": 32, "depth": 2, "heads": 2}.items() if k in fields}
-    model = VideoDiT(DiTShape(**kw), "moc", {"top_k": 1, "chunking": "frame"})
+    model = VideoDiT(DiTShape(model=ModelConfig(dim=32, depth=2, heads=2)), "moc", {"top_k": 1, "chunking": "frame"})
     store: dict[int, LayerStats] = {}
     install(model, store)
     install(model, store)  # idempotent

@@ -10,10 +10,10 @@ import mocbench
 from mocbench.config import ConfigError
 from mocbench.tasks.config import load_task_config
 from mocbench.tasks.flow import integrate, velocity_from_output
-from mocbench.tasks.model import DiTShape, VideoDiT
+from mocbench.tasks.model import DiTShape, ModelConfig, VideoDiT
 
-SHAPE = DiTShape(dim=32, depth=3, heads=2, patch_size=4, max_shots=4, max_frames=4, max_height=8, max_width=8,
-                 text_tokens=5, vocab_size=20)
+SHAPE = DiTShape(model=ModelConfig(dim=32, depth=3, heads=2, patch_size=4, max_shots=4, max_frames=4), max_height=8,
+                 max_width=8, text_tokens=5, vocab_size=20)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def test_every_attention_layer_calls_the_backend_with_the_interleaved_layout():
     out = model(x, t, ids)
     assert out.shape == x.shape
     expected = mocbench.TokenLayout.multi_shot(text_tokens=[5] * 3, frames=[2] * 3, tokens_per_frame=4)
-    assert spy.layouts == [expected] * SHAPE.depth
+    assert spy.layouts == [expected] * SHAPE.model.depth
     assert [s.kind for s in expected.segments] == ["text", "video"] * 3
 
 
@@ -159,8 +159,8 @@ def test_bad_config_names_the_key(overrides, match):
 
 
 def test_frames_not_a_multiple_of_the_temporal_patch_are_padded():
-    shape = DiTShape(dim=32, depth=1, heads=2, patch_size=4, temporal_patch=2, max_shots=2, max_frames=4,
-                     max_height=8, max_width=8, text_tokens=5, vocab_size=20)
+    shape = DiTShape(model=ModelConfig(dim=32, depth=1, heads=2, patch_size=4, temporal_patch=2, max_shots=2,
+                                       max_frames=4), max_height=8, max_width=8, text_tokens=5, vocab_size=20)
     model = VideoDiT(shape, "dense")
     spy = Spy(model.backend)
     model.blocks[0].attn.backend = spy

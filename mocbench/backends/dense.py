@@ -71,13 +71,12 @@ class DenseSDPA(DenseBackend):
     def capabilities(self) -> Capabilities:
         return _SDPA_CAPS[self.params.sdpa_backend]
 
-    def not_supported_reasons(self, q=None, *, device=None, dtype=None, **kw):
-        reasons = super().not_supported_reasons(q, device=device, dtype=dtype, **kw)
-        dev = torch.device(q.device if q is not None else device) if (q is not None or device) else None
-        dt = q.dtype if q is not None else dtype
+    def _more_reasons(self, *, device, dtype, head_dim, requires_grad, layout) -> list[str]:
+        reasons = []
+        dev = torch.device(device) if device is not None else None
         if self.params.sdpa_backend == "flash" and dev is not None and dev.type == "cuda":
-            if dt is not None and dt not in HALF:
-                reasons.append(f"SDPA flash on CUDA needs float16/bfloat16, got {str(dt).removeprefix('torch.')}")
+            if dtype is not None and dtype not in HALF:
+                reasons.append(f"SDPA flash on CUDA needs float16/bfloat16, got {str(dtype).removeprefix('torch.')}")
             if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < (8, 0):
                 reasons.append("SDPA flash on CUDA needs compute capability >= 8.0")
         return reasons

@@ -8,8 +8,10 @@
                     (chunks ``0, stride, 2*stride, ...`` under ``chunking``)
 
 Their pair counts are exact closed forms over the layout (no L x L tensor), so measured and
-analytic statistics coincide; the tests check both against the materialised mask. This
-file's ``forward`` is the exact masked-softmax reference at small and medium sizes.
+analytic statistics coincide; the tests check both against the materialised mask. Their
+``forward`` is **masked dense attention**: SDPA with the ``(L, L)`` boolean pattern, the exact
+reference at small and medium sizes. Their timings measure that, not a sparse kernel; bench configs
+label them "(masked dense)" where speed is compared.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mocbench.backend import AttentionBackend, Plan
-from mocbench.backends.moc.structure import anchor_mask, query_classes
+from mocbench.anchors import anchor_mask, query_classes
 from mocbench.chunking import ChunkRule
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend

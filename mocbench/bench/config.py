@@ -20,17 +20,22 @@ YAML shape (see configs/bench/)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from mocbench.config import (BackendConfig, ConfigError, LayoutConfig, _plain, config_errors, load_config,
-                             parse_overrides)
+from mocbench.config import (
+    BackendConfig,
+    ConfigError,
+    LayoutConfig,
+    _plain,
+    config_errors,
+    load_config,
+    parse_overrides,
+    stable_hash,
+)
 from mocbench.layout import TokenLayout
 from mocbench.registry import get_backend
 
@@ -76,6 +81,10 @@ class TimingConfig:
     max_inner: int = 50  # CPU: cap on calls per repeat
     l2_flush: bool = True  # CUDA: overwrite a 256 MiB buffer before every repeat
     max_seconds_per_cell: float = 120.0  # stop repeating after this (the repeats done are reported)
+    # Time every cell side by side with the reference backend of its workload cell (the top-level
+    # ``reference`` label): repeats alternate on the same inputs, and the row records the reference's
+    # time and the median (IQR) of the per-repeat ratios: a speed-up measured in one run.
+    paired_reference: bool = False
 
 
 @dataclass
@@ -141,17 +150,13 @@ class Cell:
         return DTYPES[self.dtype]
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def config_hash(cfg: BenchConfig) -> str:
     """Hash of the whole config except where it is written (moving a store keeps its hash) and the
     memory budget."""
     d = asdict(cfg)
     d.pop("output", None)
     d.pop("max_memory_gib", None)  # a budget decides which cells run, not what a measurement means
-    return _hash(d)
+    return stable_hash(d)
 
 
 def check_config(cfg: BenchConfig) -> None:
@@ -170,6 +175,9 @@ def check_config(cfg: BenchConfig) -> None:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise ConfigError(f"backends: duplicate labels {dup}; give the entries distinct params or a 'label'")
+    if cfg.timing.paired_reference and cfg.reference not in labels:
+        raise ConfigError(f"timing.paired_reference needs the reference {cfg.reference!r} among the backends' labels "
+                          f"({', '.join(labels)}); set reference= one of them")
     for i, w in enumerate(cfg.workloads):
         at = f"workloads[{i}]"
         if w.dtype not in DTYPES:
@@ -236,6 +244,11 @@ def load_bench_config(path: str | None = None, overrides: list[str] | None = Non
     return cfg
 
 
+def reference_entry(cfg: BenchConfig) -> BackendEntry | None:
+    """The backend entry whose label is ``cfg.reference`` (None when no entry has it)."""
+    return next((b for b in cfg.backends if entry_label(b) == cfg.reference), None)
+
+
 def entry_label(b: BackendEntry) -> str:
     return b.label or get_backend(b.name, **_plain(b.params)).label
 
@@ -255,6 +268,6 @@ def expand_cells(cfg: BenchConfig) -> list[Cell]:
                         shape = dict(workload=w.name, shots=shots, frames=frames, tokens_per_frame=w.tokens_per_frame,
                                      text_tokens=w.text_tokens, text_placement=w.text_placement, batch=w.batch,
                                      heads=w.heads, head_dim=w.head_dim, dtype=w.dtype, device=w.device, pass_=pass_)
-                        key = _hash({"backend": b.name, "params": params, **shape, **settings})
+                        key = stable_hash({"backend": b.name, "params": params, **shape, **settings})
                         cells.append(Cell(backend=b.name, params=params, label=entry_label(b), key=key, **shape))
     return cells

@@ -21,13 +21,14 @@ from contextlib import nullcontext
 import torch
 
 from mocbench.backend import AttentionBackend
-from mocbench.bench.config import BenchConfig, Cell, config_hash, expand_cells
+from mocbench.bench.config import BenchConfig, Cell, config_hash, expand_cells, reference_entry
 from mocbench.bench.env import comparable_environment, environment
 from mocbench.bench.memory import GIB, cell_memory_bytes, memory_check
 from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore
-from mocbench.bench.timing import peak_memory_mb, time_call
+from mocbench.bench.timing import peak_memory_mb, time_call, time_pair
 from mocbench.bench.validate import small_layout, validate_backend
+from mocbench.config import _plain
 from mocbench.registry import get_backend
 
 
@@ -89,23 +90,11 @@ def cell_row(cell: Cell, backend: AttentionBackend | None) -> dict:
         "frames": cell.frames, "tokens_per_frame": cell.tokens_per_frame, "text_tokens": cell.text_tokens,
         "text_placement": cell.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
         "batch": cell.batch, "heads": cell.heads, "head_dim": cell.head_dim, "dtype": cell.dtype,
-        "device": cell.device, "pass": cell.pass_, "impl": resolved_impl(backend, cell.device),
+        "device": cell.device, "pass": cell.pass_,
+        "impl": backend.implementation(cell.device) if backend is not None else "",
     }
     row.update(environment(cell.device))
     return row
-
-
-def resolved_impl(backend: AttentionBackend | None, device: str) -> str:
-    """Which implementation a backend with an ``impl`` param (moc) actually runs here; "" otherwise."""
-    impl = getattr(getattr(backend, "params", None), "impl", None)
-    if not isinstance(impl, str) or impl != "auto" or backend.family != "moc":
-        return impl if isinstance(impl, str) else ""
-    from mocbench.backends.moc.impls import resolve_impl
-
-    try:
-        return resolve_impl(impl, torch.device(device).type).name
-    except ValueError:
-        return "auto (none for this device)"
 
 
 def skip_reasons(backend: AttentionBackend, cell: Cell) -> list[str]:
@@ -160,6 +149,14 @@ def _error_text(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
+def _paired_reference(cfg: BenchConfig, cell: Cell) -> AttentionBackend | None:
+    """The reference backend to time side by side with ``cell`` (None: not asked for, or the cell is it)."""
+    entry = reference_entry(cfg) if cfg.timing.paired_reference else None
+    if entry is None or cell.label == cfg.reference:
+        return None
+    return get_backend(entry.name, **_plain(entry.params))
+
+
 def _finish(row: dict, status: str, reason: str) -> dict:
     row.update(status=status, reason=reason, finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return row
@@ -183,7 +180,8 @@ def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
     timed_flops = stats.total_flops + (stats.backward_attention_flops if backward else 0)
     out = {
         "pairs": stats.pairs, "sparsity": stats.sparsity, "num_chunks": stats.num_chunks,
-        "attention_flops": stats.attention_flops, "routing_flops": stats.routing_flops + stats.pooling_flops,
+        "attention_flops": stats.attention_flops, "routing_flops": stats.routing_flops,
+        "pooling_flops": stats.pooling_flops,
         "total_flops": stats.total_flops, "dense_flops": stats.dense_flops,
         "est_pairs": est.pairs, "est_sparsity": est.sparsity, "est_attention_flops": est.attention_flops,
         "est_total_flops": est.total_flops, "timed_flops": timed_flops,
@@ -193,26 +191,36 @@ def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
         for t in (q, k, v):
             t.requires_grad_(True)
         grad_out = torch.randn(shape, generator=gen).to(device=device, dtype=cell.torch_dtype)
+    grad_ctx = nullcontext if backward else torch.no_grad
 
+    def attend_with(b: AttentionBackend):
         def attend(plan):
-            o = backend.forward(q, k, v, plan)
-            o.backward(grad_out)
-            q.grad = k.grad = v.grad = None
-        grad_ctx = nullcontext
-    else:
-        def attend(plan):
-            return backend.forward(q, k, v, plan)
-        grad_ctx = torch.no_grad
+            o = b.forward(q, k, v, plan)
+            if backward:
+                o.backward(grad_out)
+                q.grad = k.grad = v.grad = None
+            return o
+        return attend
 
+    attend = attend_with(backend)
     t = cfg.timing
     opts = {"warmup": t.warmup, "repeats": t.repeats, "min_repeat_ms": t.min_repeat_ms, "max_inner": t.max_inner,
             "l2_flush": t.l2_flush, "max_seconds": t.max_seconds_per_cell}
+    reference = _paired_reference(cfg, cell)
     with grad_ctx():
         prepare = time_call(lambda: backend.prepare(q, k, layout), device, **opts)
         plan = backend.prepare(q, k, layout)
         forward = time_call(lambda: attend(plan), device, **opts)
         plan = None  # one plan alive at a time: the memory estimate counts one
-        total = time_call(lambda: attend(backend.prepare(q, k, layout)), device, **opts)
+        if reference is None:
+            total = time_call(lambda: attend(backend.prepare(q, k, layout)), device, **opts)
+        else:
+            attend_ref = attend_with(reference)
+            pair = time_pair(lambda: attend_ref(reference.prepare(q, k, layout)),
+                             lambda: attend(backend.prepare(q, k, layout)), device, **opts)
+            total = pair.subject
+            out.update(paired_reference_ms=pair.reference.median_ms, paired_reference_iqr_ms=pair.reference.iqr_ms,
+                       paired_speedup=pair.ratio_median, paired_speedup_iqr=pair.ratio_iqr)
         mem, mem_method = peak_memory_mb(lambda: attend(backend.prepare(q, k, layout)), device)
     _release(cell.device)
     out.update(

@@ -37,7 +37,9 @@ COLUMNS = (
     "validation_max_err", "validation_tol",
     "prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms",
     "repeats", "inner", "peak_mem_mb", "mem_method", "est_mem_gib",
-    "pairs", "sparsity", "num_chunks", "attention_flops", "routing_flops", "total_flops", "dense_flops",
+    "paired_reference_ms", "paired_reference_iqr_ms", "paired_speedup", "paired_speedup_iqr",
+    "pairs", "sparsity", "num_chunks", "attention_flops", "routing_flops", "pooling_flops", "total_flops",
+    "dense_flops",
     "est_pairs", "est_sparsity", "est_attention_flops", "est_total_flops", "timed_flops", "tflops",
     "finished_at",
 )
@@ -48,7 +50,8 @@ TEXT_COLUMNS = frozenset({
     "workload", "text_placement", "layout", "dtype", "device", "pass", "impl", "mem_method", "finished_at",
 })
 # Timings can never be negative; a row that says otherwise was not written by the harness.
-TIMING_COLUMNS = ("prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms")
+TIMING_COLUMNS = ("prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms",
+                  "paired_reference_ms", "paired_reference_iqr_ms", "paired_speedup", "paired_speedup_iqr")
 
 
 class ResultStore:

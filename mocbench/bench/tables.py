@@ -9,6 +9,9 @@ minimal Markdown / LaTeX writers for them (no measuring here).
 * :func:`flops_table`    measured vs analytic FLOPs and sparsity
 * :func:`scaling_table`  log-log slope of total latency vs shots and vs tokens, per backend
 * :func:`status_table`   skipped / failed cells with their reasons
+* :func:`model_table`    ``mocbench bench-model`` rows (:func:`is_model_row`): full forward per backend,
+                         speed-up vs the model's own attention, attention / routing time, sparsity,
+                         per-layer fidelity, full-depth figures extrapolated from per-block cost
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CROSS_ENV_NOTE = (f"{CROSS_ENV_MARK} measured in another environment than the re
 # Columns that identify one workload cell: rows sharing them are comparable (speed-up).
 CELL_COLUMNS = ["workload", "shots", "frames", "tokens_per_frame", "text_tokens", "text_placement", "tokens",
                 "batch", "heads", "head_dim", "dtype", "device", "pass"]
+# `mocbench bench-model`: the backend column of the row that times the model's own attention
+MODEL_REFERENCE = "diffusers"
 
 
 def with_derived(df: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
@@ -39,6 +44,8 @@ def with_derived(df: pd.DataFrame, reference: str = "dense") -> pd.DataFrame:
     for c in env_cols:
         df["cross_env"] |= df[f"reference_{c}"].notna() & (df[c] != df[f"reference_{c}"])
     df["speedup"] = df["reference_ms"] / df["total_ms"]
+    if "paired_speedup" in df.columns:  # measured side by side in one run (timing.paired_reference): preferred
+        df["speedup"] = df["paired_speedup"].where(df["paired_speedup"].notna(), df["speedup"])
     df["flops_ratio"] = df["total_flops"] / df["est_total_flops"]
     df["dense_over_total"] = df["dense_flops"] / df["total_flops"]
     return df
@@ -62,14 +69,17 @@ def latency_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def latency_pivot(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, pass, shots, tokens), one column per backend: "ms (x speed-up)"."""
+    """One row per (workload, pass, shots, tokens), one column per backend: "ms (x speed-up)"; "paired"
+    marks a speed-up measured side by side in the cell (``timing.paired_reference``), whose ms are the
+    row's own while the ratio is the median of per-repeat ratios against the interleaved reference."""
     ok = _ok_sorted(df)
     if ok.empty:
         return pd.DataFrame()
     mark = ok["cross_env"] if "cross_env" in ok.columns else [False] * len(ok)
-    text = ok.assign(cell=[(f"{ms:.3g} ({sp:.2f}x)" if not math.isnan(sp) else f"{ms:.3g}")
+    paired = ok["paired_speedup"].notna() if "paired_speedup" in ok.columns else [False] * len(ok)
+    text = ok.assign(cell=[(f"{ms:.3g} ({sp:.2f}x{' paired' if pair else ''})" if not math.isnan(sp) else f"{ms:.3g}")
                            + (f" {CROSS_ENV_MARK}" if cross else "")
-                           for ms, sp, cross in zip(ok["total_ms"], ok["speedup"], mark)])
+                           for ms, sp, cross, pair in zip(ok["total_ms"], ok["speedup"], mark, paired)])
     index = ["workload", "device", "dtype", "pass", "shots", "tokens"]
     labels = list(dict.fromkeys(ok["label"]))
     pivot = text.pivot_table(index=index, columns="label", values="cell", aggfunc="last")
@@ -85,6 +95,7 @@ def flops_table(df: pd.DataFrame) -> pd.DataFrame:
             "num_chunks": "chunks", "sparsity": "sparsity", "est_sparsity": "sparsity (analytic)",
             "attention_flops": "attn FLOPs", "routing_flops": "routing FLOPs", "total_flops": "total FLOPs",
             "est_total_flops": "total FLOPs (analytic)", "flops_ratio": "measured/analytic",
+            "pooling_flops": "pooling FLOPs",
             "dense_over_total": "dense/total"}
     return ok.drop_duplicates(["workload", "shots", "frames", "tokens", "label", "batch", "heads", "head_dim"])[
         list(cols)].rename(columns=cols).reset_index(drop=True)
@@ -123,6 +134,49 @@ def status_table(df: pd.DataFrame) -> pd.DataFrame:
     out = (bad.groupby(["label", "status", "reason"], sort=False).size().rename("cells").reset_index()
            .rename(columns={"label": "backend"}))
     return out[["backend", "status", "cells", "reason"]]
+
+
+def is_model_row(df: pd.DataFrame) -> pd.Series:
+    """Rows written by ``mocbench bench-model`` (they name the model class in ``model``)."""
+    if "model" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["model"].fillna("").astype(str).ne("")
+
+
+def model_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per ok bench-model backend row: full forward ms (median, IQR), speed-up vs the model's own
+    attention timed in the same run (‡ when the two rows come from different environments), attention and
+    routing ms per forward, sparsity, per-layer fidelity (worst rel-L2, lowest cosine vs dense attention),
+    and full-depth forward ms and speed-up *extrapolated* from per-block cost (reduced-depth runs only)."""
+    ok = df[is_model_row(df) & (df["status"] == "ok")]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(**{c: math.nan for c in _MODEL_NUMBERS if c not in ok.columns})
+    env_cols = [c for c in COMPARABLE if c in ok.columns]
+    own = ok[ok["backend"] == MODEL_REFERENCE].drop_duplicates("config_name", keep="last").set_index("config_name")
+    layers = ok.groupby("config_name")["attention_layers"].max()
+    rows = []
+    for _, r in ok.iterrows():
+        ref = own.loc[r["config_name"]] if r["config_name"] in own.index else None
+        cross = ref is not None and any(str(r[c]) != str(ref[c]) for c in env_cols)
+        speed = ref["model_ms"] / r["model_ms"] if ref is not None else math.nan
+        full_speed = ref["extrapolated_model_ms"] / r["extrapolated_model_ms"] if ref is not None else math.nan
+        n, total = layers.get(r["config_name"], math.nan), r["full_depth_layers"]
+        rows.append({
+            "config": r["config_name"], "model": r["model"], "tokens": r["tokens"], "dtype": r["dtype"],
+            "device": r["device"], "layers": f"{n:.0f} of {total:.0f}" if pd.notna(n) and pd.notna(total) else "-",
+            "backend": r["label"], "sparsity": r["sparsity"], "forward ms": r["model_ms"], "IQR": r["model_iqr_ms"],
+            "speed-up": (f"{speed:.2f}x" + (f" {CROSS_ENV_MARK}" if cross else "")) if pd.notna(speed) else "-",
+            "attention ms": r["attention_ms"], "routing ms": r["routing_ms"],
+            "fidelity rel-L2 (max)": r["fidelity_rel_l2_max"], "fidelity cos (min)": r["fidelity_cos_min"],
+            "full-depth ms (extrapolated)": r["extrapolated_model_ms"],
+            "full-depth speed-up (extrapolated)": f"{full_speed:.2f}x" if pd.notna(full_speed) else "-",
+        })
+    return pd.DataFrame(rows)
+
+
+_MODEL_NUMBERS = ("sparsity", "model_ms", "model_iqr_ms", "attention_ms", "routing_ms", "attention_layers",
+                  "full_depth_layers", "fidelity_rel_l2_max", "fidelity_cos_min", "extrapolated_model_ms")
 
 
 # ----------------------------------------------------------------------------- writers

@@ -10,7 +10,6 @@ another environment (code, device, torch, threads) unless ``reuse_foreign``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import traceback
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mocbench.config import stable_hash
 from mocbench.eval.samples import SampleSet
 from mocbench.eval.vbench_real import VBenchSettings
 
@@ -52,7 +52,7 @@ class EvalRequest:
 def set_hash(s: SampleSet) -> str:
     ident = {"checkpoint": Path(s.checkpoint).name if s.checkpoint else "", "seed": s.meta.get("seed"),
              "num": s.meta.get("num"), "steps": s.meta.get("steps"), "sampler": s.meta.get("sampler")}
-    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+    return stable_hash(ident)
 
 
 # ----------------------------------------------------------------------------- evaluators

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from mocbench.config import BackendConfig, ConfigError, config_errors, load_config, parse_overrides
 from mocbench.errors import require_int
+from mocbench.tasks.model import ModelConfig
 from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, STORY_KINDS, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
@@ -51,22 +52,6 @@ class DataConfig:
     seed: int = 0
     root: Optional[str] = None  # folder source
     index: str = "clips.jsonl"
-
-
-@dataclass
-class ModelConfig:
-    """Video DiT size. ~0.3M params: dim=64 depth=4; ~100M: dim=768 depth=14 heads=12."""
-
-    dim: int = 64
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    patch_size: int = 4
-    temporal_patch: int = 1
-    text_layers: int = 2
-    max_shots: int = 8
-    max_frames: int = 16
-    prediction: str = "x"  # network output: "x" (clean video, turned into a velocity) or "v" (velocity)
 
 
 @dataclass

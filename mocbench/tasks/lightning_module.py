@@ -25,10 +25,8 @@ from mocbench.tasks.text import Tokenizer
 
 def dit_shape(cfg: TaskConfig, vocab_size: int) -> DiTShape:
     m, d = cfg.model, cfg.data
-    return DiTShape(dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, patch_size=m.patch_size,
-                    temporal_patch=m.temporal_patch, max_shots=m.max_shots, max_frames=m.max_frames,
-                    max_height=d.height, max_width=d.width, text_tokens=max(d.text_tokens, 1),
-                    text_layers=m.text_layers, vocab_size=vocab_size)
+    return DiTShape(model=m, max_height=d.height, max_width=d.width, text_tokens=max(d.text_tokens, 1),
+                    vocab_size=vocab_size)
 
 
 class VideoTask(L.LightningModule):

@@ -15,7 +15,7 @@ pixels, ``T`` caption tokens per shot, ``L`` stream length, ``C`` width, ``nh`` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,9 +25,10 @@ from mocbench.layout import TokenLayout
 from mocbench.tasks.text import TextEncoder
 
 
-@dataclass(frozen=True)
-class DiTShape:
-    """What the model was built for; checked against every batch (see ``check_input``)."""
+@dataclass
+class ModelConfig:
+    """The network's architecture (the ``model:`` section of a task config). ~0.3M params: dim=64
+    depth=4; ~100M: dim=768 depth=14 heads=12."""
 
     dim: int = 64
     depth: int = 4
@@ -35,13 +36,22 @@ class DiTShape:
     mlp_ratio: float = 4.0
     patch_size: int = 4
     temporal_patch: int = 1
-    channels: int = 3
+    text_layers: int = 2
     max_shots: int = 8
     max_frames: int = 16  # per shot, in pixel frames
+    prediction: str = "x"  # network output: "x" (clean video, turned into a velocity) or "v" (velocity)
+
+
+@dataclass(frozen=True)
+class DiTShape:
+    """What the model was built for: its architecture and the data it takes; checked against every
+    batch (see ``check_input``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    channels: int = 3
     max_height: int = 64
     max_width: int = 64
     text_tokens: int = 16  # max caption tokens per shot
-    text_layers: int = 2
     vocab_size: int = 32
 
 
@@ -104,18 +114,19 @@ class VideoDiT(nn.Module):
         super().__init__()
         self.shape = shape
         self.backend = mocbench.get_backend(backend_name, **(backend_params or {}))
-        C, p, pt = shape.dim, shape.patch_size, shape.temporal_patch
+        C, p, pt = shape.model.dim, shape.model.patch_size, shape.model.temporal_patch
         self.patch = nn.Conv3d(shape.channels, C, kernel_size=(pt, p, p), stride=(pt, p, p))
-        self.text = TextEncoder(shape.vocab_size, C, shape.text_tokens, shape.text_layers)
-        self.shot_emb = nn.Parameter(torch.zeros(shape.max_shots, C))
-        self.frame_emb = nn.Parameter(torch.zeros(shape.max_frames // pt, C))
+        self.text = TextEncoder(shape.vocab_size, C, shape.text_tokens, shape.model.text_layers)
+        self.shot_emb = nn.Parameter(torch.zeros(shape.model.max_shots, C))
+        self.frame_emb = nn.Parameter(torch.zeros(shape.model.max_frames // pt, C))
         self.row_emb = nn.Parameter(torch.zeros(shape.max_height // p, C))
         self.col_emb = nn.Parameter(torch.zeros(shape.max_width // p, C))
         self.type_emb = nn.Parameter(torch.zeros(2, C))  # 0 text, 1 video
         for e in (self.shot_emb, self.frame_emb, self.row_emb, self.col_emb, self.type_emb):
             nn.init.normal_(e, std=0.02)
         self.t_mlp = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
-        self.blocks = nn.ModuleList(DiTBlock(C, shape.heads, shape.mlp_ratio, self.backend) for _ in range(shape.depth))
+        m = shape.model
+        self.blocks = nn.ModuleList(DiTBlock(C, m.heads, m.mlp_ratio, self.backend) for _ in range(m.depth))
         self.final_norm = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
         self.out = nn.Linear(C, pt * p * p * shape.channels)
@@ -136,13 +147,14 @@ class VideoDiT(nn.Module):
         problems = []
         if Cin != s.channels:
             problems.append(f"channels={Cin} but the model has {s.channels}")
-        if S > s.max_shots:
-            problems.append(f"shots={S} > model max_shots={s.max_shots}")
-        if F_ > s.max_frames:
-            problems.append(f"frames={F_} > max_frames={s.max_frames}")
+        if S > s.model.max_shots:
+            problems.append(f"shots={S} > model max_shots={s.model.max_shots}")
+        if F_ > s.model.max_frames:
+            problems.append(f"frames={F_} > max_frames={s.model.max_frames}")
         for name, v, mx in (("height", H, s.max_height), ("width", W, s.max_width)):
-            if v > mx or v % s.patch_size:
-                problems.append(f"{name}={v} must be <= max_{name}={mx} and a multiple of patch_size={s.patch_size}")
+            if v > mx or v % s.model.patch_size:
+                problems.append(f"{name}={v} must be <= max_{name}={mx} and a multiple of "
+                                f"patch_size={s.model.patch_size}")
         if T > s.text_tokens:
             problems.append(f"caption tokens={T} > model text_tokens={s.text_tokens}")
         if problems:
@@ -150,8 +162,8 @@ class VideoDiT(nn.Module):
 
     def layout_for(self, S: int, F_: int, H: int, W: int, T: int) -> TokenLayout:
         """The stream's layout: interleaved ``text_s, video_s`` (single-shot: one caption, one video)."""
-        tpf = (H // self.shape.patch_size) * (W // self.shape.patch_size)
-        frames = -(-F_ // self.shape.temporal_patch)  # a last partial temporal patch is padded
+        tpf = (H // self.shape.model.patch_size) * (W // self.shape.model.patch_size)
+        frames = -(-F_ // self.shape.model.temporal_patch)  # a last partial temporal patch is padded
         if S == 1:
             return TokenLayout.single_shot(text_tokens=T, frames=frames, tokens_per_frame=tpf)
         return TokenLayout.multi_shot(text_tokens=[T] * S, frames=[frames] * S, tokens_per_frame=tpf)
@@ -162,7 +174,7 @@ class VideoDiT(nn.Module):
         T = text_bst.shape[-1]
         self.check_input(S, F_in, H, W, T, Cin)
         sh = self.shape
-        p, pt = sh.patch_size, sh.temporal_patch
+        p, pt = sh.model.patch_size, sh.model.temporal_patch
         if F_in % pt:  # repeat the last frame up to a whole temporal patch; cropped from the output
             video = torch.cat([video, video[:, :, -1:].expand(-1, -1, pt - F_in % pt, -1, -1, -1)], dim=2)
         F_ = video.shape[2]
@@ -170,14 +182,15 @@ class VideoDiT(nn.Module):
         layout = self.layout_for(S, F_, H, W, T)
 
         x = self.patch(video.reshape(B * S, F_, Cin, H, W).transpose(1, 2))  # (B*S, C, fp, hp, wp)
-        x = x.flatten(2).transpose(1, 2).reshape(B, S, fp * hp * wp, sh.dim)
+        x = x.flatten(2).transpose(1, 2).reshape(B, S, fp * hp * wp, sh.model.dim)
         pos = (self.frame_emb[:fp, None, None] + self.row_emb[None, :hp, None] + self.col_emb[None, None, :wp])
-        x = x + pos.reshape(1, 1, -1, sh.dim) + self.shot_emb[None, :S, None] + self.type_emb[1]
+        x = x + pos.reshape(1, 1, -1, sh.model.dim) + self.shot_emb[None, :S, None] + self.type_emb[1]
         txt = self.text(text_bst) + self.shot_emb[None, :S, None] + self.type_emb[0]  # (B, S, T, C)
         # interleave per shot: [text_s, video_s] (text_tokens=0 gives a video-only stream)
-        stream = torch.cat([txt, x], dim=2).reshape(B, S * (T + fp * hp * wp), sh.dim) if T else x.reshape(B, -1, sh.dim)
+        C = sh.model.dim
+        stream = torch.cat([txt, x], dim=2).reshape(B, S * (T + fp * hp * wp), C) if T else x.reshape(B, -1, C)
 
-        c = self.t_mlp(timestep_embedding(t_b, sh.dim).to(stream.dtype))
+        c = self.t_mlp(timestep_embedding(t_b, sh.model.dim).to(stream.dtype))
         for blk in self.blocks:
             stream = blk(stream, c, layout)
         shift, scale = self.final_ada(c).chunk(2, dim=-1)

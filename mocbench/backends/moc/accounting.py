@@ -3,7 +3,7 @@
 A query of class q attends ``anchor_size[q]`` anchor keys plus ``uncovered[q, c]`` keys for
 each routed chunk c (see :mod:`structure`). Measured counts read the ``Q x C`` tables of the
 plan's structure; analytic counts need only each class's number of candidates and their summed
-uncovered keys (:func:`structure.candidate_totals`, no ``Q x C`` table). The analytic count
+uncovered keys (:func:`mocbench.anchors.candidate_totals`, no ``Q x C`` table). The analytic count
 assumes each class routes ``min(top_k, #candidates)`` chunks of the class's mean uncovered size;
 it equals the measured count whenever candidate chunks are equal-sized (or every candidate is
 selected), and is close otherwise.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.backends.moc.structure import AnchorStructure, QueryClasses, candidate_totals
+from mocbench.anchors import AnchorStructure, QueryClasses, candidate_totals
 
 
 def measured_pairs(structure: AnchorStructure, selected_bhlk: torch.Tensor) -> int:

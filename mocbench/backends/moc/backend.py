@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 
-from mocbench.backend import AttentionBackend, Capabilities, Plan, check_matches_plan
+from mocbench.backend import AttentionBackend, Capabilities, Plan
 from mocbench.backends.moc.accounting import analytic_pairs, measured_pairs, measured_pairs_bytes
-from mocbench.backends.moc.impls import IMPLS, resolve_impl
+from mocbench.backends.moc.impl import run_impl
+from mocbench.backends.moc.impls import AUTO_ORDER, IMPLS, NOTES, resolve_impl
 from mocbench.backends.moc.params import MoCParams
 from mocbench.backends.moc.reference import moc_mask
 from mocbench.backends.moc.routing import route, routing_bytes
 from mocbench.backends.moc.sizes import moc_sizes
-from mocbench.backends.moc.structure import (
+from mocbench.anchors import (
     AnchorStructure,
     QueryClasses,
     build_anchor_structure,
@@ -46,32 +47,42 @@ class MoCBackend(AttentionBackend):
     """Mixture of Contexts: mandatory anchors plus top-k content-aligned chunks per query."""
 
     def __init__(self, params: MoCParams):
-        if params.impl != "auto" and params.impl not in IMPLS:
-            raise ValueError(f"moc impl must be 'auto' or one of {sorted(IMPLS)}, got {params.impl!r}")
+        if params.impl != "auto":
+            resolve_impl(params.impl, "cpu")  # an unknown name is refused here, naming the accepted ones
         super().__init__(params)
         self._generators: dict[torch.device, torch.Generator] = {}
 
-    def not_supported_reasons(self, q=None, *, device=None, requires_grad=None, **kw):
-        reasons = super().not_supported_reasons(q, device=device, requires_grad=requires_grad, **kw)
-        dev = q.device if q is not None else device
-        grad = requires_grad if requires_grad is not None else (q is not None and q.requires_grad)
-        if dev is not None:
-            dtype = torch.device(dev).type
-            try:
-                impl = resolve_impl(self.params.impl, dtype)
-            except ValueError as exc:
-                return reasons + [str(exc)]
-            if dtype not in impl.devices:
-                reasons.append(f"impl {impl.name!r} runs on {', '.join(impl.devices)}, not {dtype}")
-            elif (why := impl.unavailable_reason()) is not None:
-                reasons.append(f"impl {impl.name!r}: {why}")
-            elif impl.dtypes is not None and (dt := q.dtype if q is not None else kw.get("dtype")) is not None \
-                    and dt not in impl.dtypes:
-                reasons.append(f"impl {impl.name!r} takes {', '.join(str(d).removeprefix('torch.') for d in impl.dtypes)}"
-                               f", not {str(dt).removeprefix('torch.')}")
-            elif grad and dtype not in impl.backward_devices:
-                reasons.append(f"impl {impl.name!r} has no backward pass on {dtype} (inputs require grad)")
-        return reasons
+    def _more_reasons(self, *, device, dtype, head_dim, requires_grad, layout) -> list[str]:
+        """The reasons of the implementation ``impl`` selects (for ``auto``: of every candidate)."""
+        if device is None:
+            return []
+        dev = torch.device(device).type
+        try:
+            impl = resolve_impl(self.params.impl, dev, dtype=dtype, head_dim=head_dim, requires_grad=requires_grad)
+        except ValueError as exc:
+            return [str(exc)]
+        return impl.not_supported_reasons(device=device, dtype=dtype, head_dim=head_dim, requires_grad=requires_grad)
+
+    @classmethod
+    def implementations(cls, devices: list[str]) -> list[dict]:
+        rows = []
+        for name, impl in IMPLS.items():
+            order = [f"{dev} #{AUTO_ORDER[dev].index(name) + 1}" for dev in AUTO_ORDER if name in AUTO_ORDER[dev]]
+            usable = [dev for dev in devices if dev in impl.caps.devices]
+            reasons = impl.not_supported_reasons(device=usable[0], build=False) if usable else \
+                [f"impl {name!r}: needs {' or '.join(impl.caps.devices)}"]
+            note = NOTES[name]() if name in NOTES and not reasons else None
+            rows.append({"impl": name, "devices": ",".join(impl.caps.devices), "auto_order": ", ".join(order) or
+                         "opt-in", "available": not reasons, "reasons": reasons, "note": note,
+                         "description": impl.description})
+        return rows
+
+    def implementation(self, device) -> str:
+        """The MoC implementation ``impl`` runs on ``device`` (for ``auto``: the first that is available)."""
+        try:
+            return resolve_impl(self.params.impl, torch.device(device).type).name
+        except ValueError:
+            return "auto (none for this device)"
 
     def structure(self, layout: TokenLayout) -> AnchorStructure:
         """The ``Q x C`` anchor/candidate tables routing needs (runtime only; ``estimate`` never builds them)."""
@@ -101,18 +112,18 @@ class MoCBackend(AttentionBackend):
             p_drop_in=p.p_drop_in if training else 0.0,
             n_drop_in=p.n_drop_in if training else 0, generator=gen,
         )
-        impl = resolve_impl(p.impl, q.device.type)
+        impl = resolve_impl(p.impl, q.device.type, dtype=q.dtype, head_dim=D,
+                            requires_grad=q.requires_grad and torch.is_grad_enabled())
         plan = MoCPlan(layout, B, H, D, q.device, scale=scale, structure=structure, selected=selected, impl=impl.name)
         if impl.prepare is not None:
             plan.impl_state = impl.prepare(plan)
         return plan
 
     def forward(self, q, k, v, plan: MoCPlan) -> torch.Tensor:
-        check_matches_plan(q, k, v, plan)
-        impl = resolve_impl(self.params.impl, q.device.type)
-        if impl.name != plan.impl:
-            raise ValueError(f"this plan was prepared for impl {plan.impl!r} but forward would run {impl.name!r}")
-        return impl.forward(q, k, v, plan)
+        if self.params.impl not in ("auto", plan.impl):
+            raise ValueError(f"this plan was prepared for impl {plan.impl!r} but this backend runs "
+                             f"impl {self.params.impl!r}; prepare the plan with this backend")
+        return run_impl(IMPLS[plan.impl], q, k, v, plan)
 
     def _pattern(self, plan: MoCPlan) -> torch.Tensor:
         return moc_mask(plan)
@@ -143,5 +154,8 @@ class MoCBackend(AttentionBackend):
         s = moc_sizes(self.query_classes(layout), top_k=p.top_k, causal=p.causal, batch=batch, heads=heads,
                       head_dim=head_dim, dtype=dtype, device=str(dev), requires_grad=requires_grad)
         impl = resolve_impl(p.impl, dev.type)
-        host = (layout_bytes(s.tokens) + structure_bytes(s)) if s.on_cpu else 0  # CPU tables, counted on CPU only
+        host = 0  # the layout's and the anchor structure's tables live on the host: counted on CPU only
+        if s.on_cpu:
+            host = layout_bytes(s.tokens) + structure_bytes(classes=s.classes, chunks=s.chunks, shots=s.shots,
+                                                            tokens=s.tokens)
         return host + s.pairs * 8 + max(routing_bytes(s), measured_pairs_bytes(s), impl.workspace(s))

@@ -74,8 +74,8 @@ def _build() -> ModuleType:
     if missing:
         raise RuntimeError(f"kernel sources missing from this installation: {', '.join(missing)}")
     name = _name()
-    build_dir = Path(os.environ.get("MOCBENCH_EXT_DIR") or Path.home() / ".cache" / "mocbench" / "ext") / name
-    so, done = build_dir / f"{name}.so", build_dir / "built.ok"
+    so, done = _build_paths()
+    build_dir = so.parent
     if done.is_file() and so.is_file():  # built before: import it directly (no build lock, no ninja run)
         try:
             return _import_built(name, so)
@@ -142,10 +142,32 @@ def load() -> ModuleType:
         return _STATE["module"]  # type: ignore[return-value]
 
 
-def unavailable_reason() -> str | None:
-    """None when the extension loads (building it if needed), else why not."""
+def _build_paths() -> tuple[Path, Path]:
+    name = _name()
+    build_dir = Path(os.environ.get("MOCBENCH_EXT_DIR") or Path.home() / ".cache" / "mocbench" / "ext") / name
+    return build_dir / f"{name}.so", build_dir / "built.ok"
+
+
+def is_built() -> bool:
+    """Whether a complete build for this source, torch and CPU is in the cache (or loaded)."""
+    if "module" in _STATE:
+        return True
+    so, done = _build_paths()
+    return so.is_file() and done.is_file()
+
+
+def unavailable_reason(*, build: bool = True) -> str | None:
+    """None when the extension loads (building it if needed), else why not. With ``build=False``
+    nothing is compiled: a kernel that is not built yet but could be counts as available."""
+    if not build and "module" not in _STATE and "error" not in _STATE:
+        return "disabled by MOCBENCH_FUSED_CPU=0" if os.environ.get("MOCBENCH_FUSED_CPU", "1") == "0" else None
     try:
         load()
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+def build_note() -> str | None:
+    """A line for listings: the kernel compiles at first use when it is not built yet."""
+    return None if is_built() else "not built yet: compiles at first use (about 20 s, once per machine)"

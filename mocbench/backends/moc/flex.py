@@ -140,18 +140,18 @@ def prepare_flex(plan) -> FlexState:
     return FlexState(build_block_mask(plan))
 
 
-def flex_forward(q, k, v, plan) -> torch.Tensor:
+def flex_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
+    """FlexAttention on the plan's BlockMask: compiled on CUDA, eager (correctness only) on CPU."""
     global _compiled_flex
-    state: FlexState = plan.impl_state
     if q.device.type == "cuda":
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, block_mask=state.block_mask, scale=plan.scale)
+        return _compiled_flex(q, k, v, block_mask=state.block_mask, scale=scale)
     if not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return flex_attention(q, k, v, block_mask=state.block_mask, scale=plan.scale)
+        return flex_attention(q, k, v, block_mask=state.block_mask, scale=scale)
 
 
 def flex_workspace_bytes(s: MoCSizes) -> int:

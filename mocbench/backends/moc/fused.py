@@ -14,11 +14,11 @@ key sets merged by log-sum-exp), but both parts run in the C++ kernel of ``csrc/
    attends the chunk's keys (two BLAS calls, vectorised softmax) and folds each row's partial into
    its running output in place (online softmax across chunks). No (pairs x D) buffer exists.
    Chunks only partly un-anchored for some query (``fixed:m`` chunks spanning two shots with
-   ``local_anchor="shot"``) are computed with a key mask by :func:`gather._routed_piece` and
+   ``local_anchor="shot"``) are computed with a key mask by :func:`partials.routed_piece` and
    merged afterwards by log-sum-exp.
 3. Rows are owned by one thread each, so the in-place merge needs no atomics or locks.
 4. **Backward** (custom autograd.Function): anchors through ATen's flash backward
-   (:func:`gather.anchor_backward`); routed chunks in ``routed_backward``, which recomputes each
+   (:func:`partials.anchor_backward`); routed chunks in ``routed_backward``, which recomputes each
    tile's probabilities from the final LSE and accumulates dk, dv per chunk (one writer per chunk)
    and dq in per-thread buffers (flash attention's decomposition: each partial's exact share).
 
@@ -33,20 +33,21 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.gather import (
-    _routed_piece,
-    _routed_piece_bwd,
-    _sorted_kv,
+from mocbench.backends.moc.gather_index import GatherIndex, gather_index, gather_index_bytes
+from mocbench.backends.moc.partials import (
     add_unsorted,
     anchor_backward,
     anchor_backward_bytes,
     anchor_forward,
     anchor_forward_bytes,
+    apply_in_compute_dtype,
     cpu_cast_bytes,
+    merge_partial,
     partial_piece_bytes,
-    run_cpu_impl,
+    routed_piece,
+    routed_piece_bwd,
+    sorted_kv,
 )
-from mocbench.backends.moc.gather_index import GatherIndex, gather_index, gather_index_bytes
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import KERNEL_SCRATCH_BYTES
 
@@ -88,19 +89,6 @@ def prepare_fused(plan) -> FusedState:
                       torch.tensor(idx.offsets, dtype=torch.int64))
 
 
-def _merge_rows(out_rd, lse_r, rows_n, o_nd, lse_n) -> None:
-    """out[rows], lse[rows] <- exact log-sum-exp merge with the partial (o_nd, lse_n)."""
-    m_old = lse_r[rows_n]
-    new = torch.logaddexp(m_old, lse_n)
-    keep = torch.isfinite(new)
-    wa = torch.where(keep, (m_old - new).exp(), 1.0)
-    wp = torch.where(keep, (lse_n - new).exp(), 0.0)
-    out_rd[rows_n] = out_rd[rows_n] * wa[:, None] + o_nd * wp[:, None]
-    lse_r[rows_n] = torch.where(keep, new, m_old)
-
-
-
-
 # Anchor groups with more keys than this (e.g. a whole shot) go to ATen's CPU flash kernel, whose
 # blocked online softmax beats one score row per query over thousands of keys; smaller ones (own
 # chunk + captions) to the C++ kernel, which skips the gathers and stacking.
@@ -127,13 +115,13 @@ class _MoCFusedFn(torch.autograd.Function):
         if wide:
             anchor_forward(q_bld, k_bld, v_bld, idx, scale, buckets=wide, out=(out_rd, lse_r))
         if K and state.rows_e.numel():
-            ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
+            ks_rd, vs_rd = (sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
             ext.routed_attention(q_rd, ks_rd, vs_rd, state.group_ptr, state.rows_e, state.offsets_c, state.skip_c,
                                  state.row_bounds, float(scale), L, out_rd, lse_r)
             for bh, c, rows_n in state.pieces(plan.structure.num_chunks):  # partly anchored chunks
-                o, lse = _routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh],
+                o, lse = routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh],
                                        vs_rd.view(BH, L, D)[bh], plan, idx, c, rows_n, L, scale)
-                _merge_rows(out_rd, lse_r, rows_n, o.to(out_rd.dtype), lse.to(lse_r.dtype))
+                merge_partial(out_rd, lse_r, rows_n, o.to(out_rd.dtype), lse.to(lse_r.dtype))
         ctx.plan, ctx.state, ctx.scale = plan, state, scale
         ctx.save_for_backward(q_bhld, k_bhld, v_bhld, out_rd, lse_r)
         ctx.mark_non_differentiable(lse_r)
@@ -151,14 +139,14 @@ class _MoCFusedFn(torch.autograd.Function):
         dq_bld, dk_bld, dv_bld = anchor_backward(do_bld, q_bld, k_bld, v_bld, out_rd, lse_r, idx, scale)
         if state.K and state.rows_e.numel():
             q_rd, do_rd, o_rd = q_bld.reshape(BH * L, D), do_bld.view(BH * L, D), out_rd
-            ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D).contiguous() for t in (k_bld, v_bld))
+            ks_rd, vs_rd = (sorted_kv(t, idx).reshape(BH * L, D).contiguous() for t in (k_bld, v_bld))
             dks_rd, dvs_rd = torch.zeros_like(ks_rd), torch.zeros_like(vs_rd)
             delta_r = (do_rd * o_rd).sum(-1)
             dq_rd = dq_bld.view(BH * L, D)
             ext.routed_backward(q_rd, ks_rd, vs_rd, do_rd, lse_r, delta_r, state.group_ptr, state.rows_e,
                                 state.offsets_c, state.skip_c, float(scale), L, dq_rd, dks_rd, dvs_rd)
             for bh, c, rows_n in state.pieces(plan.structure.num_chunks):  # partly anchored chunks
-                dq, dk, dv = _routed_piece_bwd(do_rd[rows_n], q_rd[rows_n], ks_rd.view(BH, L, D)[bh],
+                dq, dk, dv = routed_piece_bwd(do_rd[rows_n], q_rd[rows_n], ks_rd.view(BH, L, D)[bh],
                                                vs_rd.view(BH, L, D)[bh], o_rd[rows_n], lse_r[rows_n], plan, idx, c,
                                                rows_n, L, scale)
                 dq_rd.index_add_(0, rows_n, dq)
@@ -171,12 +159,9 @@ class _MoCFusedFn(torch.autograd.Function):
         return dq_bld.view(shape), dk_bld.view(shape), dv_bld.view(shape), None, None, None
 
 
-def fused_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
-    return run_cpu_impl("fused", _MoCFusedFn, FusedState, prepare_fused, q, k, v, plan)
-
-
-def fused_forward(q, k, v, plan) -> torch.Tensor:
-    return fused_forward_lse(q, k, v, plan)[0]
+def fused_kernel(q, k, v, plan, state: FusedState, scale: float) -> torch.Tensor:
+    """The impl's entry under :func:`mocbench.backends.moc.impl.run_impl` (plan checked, scale resolved)."""
+    return apply_in_compute_dtype(_MoCFusedFn, q, k, v, plan, state, scale)[0]
 
 
 def fused_workspace_bytes(s: MoCSizes) -> int:
@@ -184,7 +169,7 @@ def fused_workspace_bytes(s: MoCSizes) -> int:
     buffers; forward: output and LSE (kept for backward), the wider anchor buckets on ATen's flash, the
     C++ kernels' per-thread tiles (keys of an anchor group <= 1024, a score tile <= 2^18, query and
     output tiles, running max/sum); backward: the anchors' gradients, chunk-sorted dk, dv, ``delta``,
-    per-thread (L, D) dq buffers and tiles. Partly anchored chunks run :func:`gather._routed_piece`."""
+    per-thread (L, D) dq buffers and tiles. Partly anchored chunks run :func:`partials.routed_piece`."""
     D, f, E, T = s.head_dim, s.f, s.pairs, s.threads
     rows_d = s.rows * D * f
     kv_sorted = 2 * rows_d if s.reordered else 0

@@ -25,31 +25,41 @@ Accumulation is in the input dtype for float32/float64; bfloat16/float16 are com
 and rounded once at the end. Float64 uses float64 kernels throughout.
 
 Legend: B batch, H heads, BH = B*H, L tokens, D head_dim, C chunks, G groups, n queries of a group,
-m keys of a chunk, E routed (query, chunk) pairs.
+m keys of a chunk, E routed (query, chunk) pairs. The partials and their merge: :mod:`partials`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from mocbench.backend import check_matches_plan
 from mocbench.backends.moc.gather_index import (
     GatherIndex,
     RoutedGroups,
-    _partial_mask,
     gather_index,
     gather_index_bytes,
     routed_groups,
     routed_groups_bytes,
 )
+from mocbench.backends.moc.partials import (
+    add_unsorted,
+    anchor_backward,
+    anchor_backward_bytes,
+    anchor_forward,
+    anchor_forward_bytes,
+    apply_in_compute_dtype,
+    cpu_cast_bytes,
+    flash,
+    flash_bwd,
+    partial_piece_bytes,
+    routed_piece,
+    routed_piece_bwd,
+    sorted_kv,
+)
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import KERNEL_SCRATCH_BYTES
 
-_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 # The final merge runs over bands of rows whose gathered partials take about this many bytes.
 _SLAB_BYTES = 64 << 20
 
@@ -57,28 +67,6 @@ _SLAB_BYTES = 64 << 20
 def _bands(n_rows: int, K: int, D: int):
     step = max(1, _SLAB_BYTES // (4 * K * D))
     return [(r0, min(n_rows, r0 + step)) for r0 in range(0, n_rows, step)]
-
-
-def _sorted_kv(t_bld: torch.Tensor, idx: GatherIndex) -> torch.Tensor:
-    return t_bld if idx.identity_order else t_bld[:, idx.token_index_l]
-
-
-def anchor_forward(q_bld, k_bld, v_bld, idx: GatherIndex, scale: float, *, buckets=None,
-                   out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor partials: (output (BH*L, D), log-sum-exp (BH*L,)), rows bh*L + i; one stacked flash
-    call per bucket of equal-shaped anchor groups (``buckets``: a subset; ``out``: buffers to fill)."""
-    BH, L, D = q_bld.shape
-    num_rd, m_r = out if out is not None else (torch.empty(BH * L, D, dtype=q_bld.dtype),
-                                                torch.empty(BH * L, dtype=q_bld.dtype))
-    num_bld, m_bl = num_rd.view(BH, L, D), m_r.view(BH, L)
-    for bucket in idx.buckets if buckets is None else buckets:
-        G, n = bucket.q_idx_gn.shape
-        qi = bucket.q_idx_gn.flatten()
-        o_bgnd, lse_bgn = _flash(q_bld[:, bucket.q_idx_gn], k_bld[:, bucket.k_idx_gk],
-                                 v_bld[:, bucket.k_idx_gk], scale=scale)
-        num_bld[:, qi] = o_bgnd.reshape(BH, G * n, D)
-        m_bl[:, qi] = lse_bgn.reshape(BH, G * n).to(m_r.dtype)
-    return num_rd, m_r
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -89,38 +77,37 @@ class _MoCGatherFn(torch.autograd.Function):
         BH = B * H
         idx, groups = state.index, state.groups
         q_bld, k_bld, v_bld = (t.reshape(BH, L, D) for t in (q_bhld, k_bhld, v_bhld))
-        num_rd, m_r = anchor_forward(q_bld, k_bld, v_bld, idx, scale)  # 1. anchors
+        out_rd, lse_r = anchor_forward(q_bld, k_bld, v_bld, idx, scale)  # 1. anchors
         # 2. routed chunks: one batched flash call per bucket of (bh, chunk) groups
         if groups.num_slots:
             q_rd = torch.cat([q_bld.reshape(BH * L, D), q_bld.new_zeros(1, D)])  # row BH*L: padding
-            ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
+            ks_rd, vs_rd = (sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
             outs, lses = [], []
             for bk in groups.buckets:
                 G, m = bk.k_rows_gm.shape
-                o, lse = _flash(q_rd.index_select(0, bk.q_rows_p).view(G, 1, bk.n, D),
+                o, lse = flash(q_rd.index_select(0, bk.q_rows_p).view(G, 1, bk.n, D),
                                 ks_rd.index_select(0, bk.k_rows_gm.flatten()).view(G, 1, m, D),
                                 vs_rd.index_select(0, bk.k_rows_gm.flatten()).view(G, 1, m, D), scale=scale)
                 outs.append(o.reshape(G * bk.n, D))
-                lses.append(lse.reshape(G * bk.n).to(m_r.dtype))
+                lses.append(lse.reshape(G * bk.n).to(lse_r.dtype))
             for bh, c, rows_n in groups.pieces:
-                o, lse = _routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh], vs_rd.view(BH, L, D)[bh],
+                o, lse = routed_piece(q_rd.index_select(0, rows_n), ks_rd.view(BH, L, D)[bh], vs_rd.view(BH, L, D)[bh],
                                        plan, idx, c, rows_n, L, scale)
                 outs.append(o)
-                lses.append(lse.to(m_r.dtype))
+                lses.append(lse.to(lse_r.dtype))
             o_ed = torch.cat(outs + [q_rd.new_zeros(1, D)])  # row P: "no pair"
-            lse_e = torch.cat(lses + [m_r.new_full((1,), float("-inf"))])
+            lse_e = torch.cat(lses + [lse_r.new_full((1,), float("-inf"))])
             # 3. exact merge, band by band of rows: anchor partial + the K routed partials per row
             K = groups.inv_rk.shape[1]
             for r0, r1 in _bands(BH * L, K, D):
                 inv_nk = groups.inv_rk[r0:r1]
                 l_nk = lse_e[inv_nk]
-                lse_n = torch.logaddexp(m_r[r0:r1], torch.logsumexp(l_nk, 1))
+                lse_n = torch.logaddexp(lse_r[r0:r1], torch.logsumexp(l_nk, 1))
                 w_n1k = (l_nk - lse_n[:, None]).exp_().unsqueeze(1)
                 o_nkd = o_ed.index_select(0, inv_nk.flatten()).view(-1, K, D)
-                wa_n1 = (m_r[r0:r1] - lse_n).exp_().unsqueeze(1)
-                num_rd[r0:r1].mul_(wa_n1).unsqueeze(1).baddbmm_(w_n1k, o_nkd)
-                m_r[r0:r1] = lse_n
-        out_rd, lse_r = num_rd, m_r
+                wa_n1 = (lse_r[r0:r1] - lse_n).exp_().unsqueeze(1)
+                out_rd[r0:r1].mul_(wa_n1).unsqueeze(1).baddbmm_(w_n1k, o_nkd)
+                lse_r[r0:r1] = lse_n
         ctx.plan, ctx.state, ctx.scale = plan, state, scale
         ctx.save_for_backward(q_bhld, k_bhld, v_bhld, out_rd, lse_r)
         ctx.mark_non_differentiable(lse_r)
@@ -132,21 +119,6 @@ class _MoCGatherFn(torch.autograd.Function):
         grads = gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, ctx.plan, ctx.state.index,
                                 ctx.state.groups, ctx.scale)
         return (*grads, None, None, None)
-
-
-def anchor_backward(do_bld, q_bld, k_bld, v_bld, out_rd, lse_r, idx: GatherIndex, scale: float):
-    """(dq, dk, dv) (BH, L, D) of the anchor partials, given the final output and LSE."""
-    BH, L, D = q_bld.shape
-    out_bld, lse_bl = out_rd.view(BH, L, D), lse_r.view(BH, L)
-    dq_bld, dk_bld, dv_bld = (torch.zeros_like(t) for t in (q_bld, k_bld, v_bld))
-    for bucket in idx.buckets:
-        qi, ki = bucket.q_idx_gn, bucket.k_idx_gk
-        dq, dk, dv = _flash_bwd(do_bld[:, qi], q_bld[:, qi], k_bld[:, ki], v_bld[:, ki],
-                                out_bld[:, qi], lse_bl[:, qi], 0.0, False, scale=scale)
-        dq_bld.index_add_(1, qi.flatten(), dq.reshape(BH, -1, D))
-        dk_bld.index_add_(1, ki.flatten(), dk.reshape(BH, -1, D))
-        dv_bld.index_add_(1, ki.flatten(), dv.reshape(BH, -1, D))
-    return dq_bld, dk_bld, dv_bld
 
 
 def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx: GatherIndex, groups: RoutedGroups,
@@ -165,21 +137,21 @@ def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx:
         ext = lambda t: torch.cat([t.reshape(BH * L, D), zero])  # noqa: E731
         q_rd, do_rd, o_rd = ext(q_bld), ext(do_bld), ext(out_bld)
         lse_r1 = torch.cat([lse_r, lse_r.new_zeros(1)])
-        ks_rd, vs_rd = (_sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
+        ks_rd, vs_rd = (sorted_kv(t, idx).reshape(BH * L, D) for t in (k_bld, v_bld))
         dks_rd, dvs_rd = torch.zeros_like(ks_rd), torch.zeros_like(vs_rd)
         dqs = []
         for bk in groups.buckets:
             G, m = bk.k_rows_gm.shape
             kr = bk.k_rows_gm.flatten()
             g4 = lambda t, r, n: t.index_select(0, r).view(G, 1, n, -1)  # noqa: E731
-            dq, dk, dv = _flash_bwd(g4(do_rd, bk.q_rows_p, bk.n), g4(q_rd, bk.q_rows_p, bk.n),
+            dq, dk, dv = flash_bwd(g4(do_rd, bk.q_rows_p, bk.n), g4(q_rd, bk.q_rows_p, bk.n),
                                     g4(ks_rd, kr, m), g4(vs_rd, kr, m), g4(o_rd, bk.q_rows_p, bk.n),
                                     lse_r1.index_select(0, bk.q_rows_p).view(G, 1, bk.n), 0.0, False, scale=scale)
             dqs.append(dq.reshape(G * bk.n, D))
             dks_rd.index_copy_(0, kr, dk.reshape(G * m, D))  # groups are distinct (bh, chunk)
             dvs_rd.index_copy_(0, kr, dv.reshape(G * m, D))
         for bh, c, rows_n in groups.pieces:
-            dq, dk, dv = _routed_piece_bwd(do_rd[rows_n], q_rd[rows_n], ks_rd.view(BH, L, D)[bh],
+            dq, dk, dv = routed_piece_bwd(do_rd[rows_n], q_rd[rows_n], ks_rd.view(BH, L, D)[bh],
                                            vs_rd.view(BH, L, D)[bh], o_rd[rows_n], lse_r1[rows_n], plan, idx, c,
                                            rows_n, L, scale)
             dqs.append(dq)
@@ -195,55 +167,6 @@ def gather_backward(dout_bhld, q_bhld, k_bhld, v_bhld, out_rd, lse_r, plan, idx:
         add_unsorted(dv_bld, dvs_rd, idx)
     shape = q_bhld.shape
     return dq_bld.view(shape), dk_bld.view(shape), dv_bld.view(shape)
-
-
-def add_unsorted(t_bld: torch.Tensor, sorted_rd: torch.Tensor, idx: GatherIndex) -> None:
-    """t (BH, L, D) += a gradient held in chunk-sorted row order (the inverse of :func:`_sorted_kv`)."""
-    sorted_bld = sorted_rd.view(t_bld.shape)
-    if idx.identity_order:
-        t_bld += sorted_bld
-    else:
-        t_bld.index_add_(1, idx.token_index_l, sorted_bld)
-
-
-
-
-def _routed_piece(q_nd, ks_ld, vs_ld, plan, idx, c, rows_n, L, scale):
-    """Queries ``q_nd`` attend the keys of chunk c: (out (n, D), lse (n,)); -inf lse for a row with
-    no un-anchored key in c (never produced by route())."""
-    k_md, v_md = ks_ld[idx.offsets[c]:idx.offsets[c + 1]], vs_ld[idx.offsets[c]:idx.offsets[c + 1]]
-    n, D = q_nd.shape
-    if not idx.partial_c[c]:
-        o, lse = _flash(q_nd[None, None], k_md[None, None], v_md[None, None], scale=scale)
-        return o.view(n, D), lse.view(n)
-    keep_n, mask = _partial_mask(idx, plan.structure, c, rows_n, L, q_nd.dtype)
-    o_nd = q_nd.new_zeros(n, D)
-    lse_n = q_nd.new_full((n,), float("-inf"))
-    if bool(keep_n.any()):
-        o, lse = _flash(q_nd[keep_n][None, None], k_md[None, None], v_md[None, None], attn_mask=mask, scale=scale)
-        o_nd[keep_n] = o.view(-1, D)
-        lse_n[keep_n] = lse.view(-1).to(lse_n.dtype)
-    return o_nd, lse_n
-
-
-def _routed_piece_bwd(do_nd, q_nd, ks_ld, vs_ld, o_nd, lse_n1, plan, idx, c, rows_n, L, scale):
-    """This piece's share of (dq (n, D), dk (m, D), dv (m, D)) given the final out and lse."""
-    k_md, v_md = ks_ld[idx.offsets[c]:idx.offsets[c + 1]], vs_ld[idx.offsets[c]:idx.offsets[c + 1]]
-    n, D = q_nd.shape
-    e = lambda t: t[None, None]  # noqa: E731
-    if not idx.partial_c[c]:
-        dq, dk, dv = _flash_bwd(e(do_nd), e(q_nd), e(k_md), e(v_md), e(o_nd), e(lse_n1.view(n)), 0.0, False,
-                                scale=scale)
-        return dq.view(n, D), dk.view(-1, D), dv.view(-1, D)
-    keep_n, mask = _partial_mask(idx, plan.structure, c, rows_n, L, q_nd.dtype)
-    dq_nd = torch.zeros_like(q_nd)
-    if not bool(keep_n.any()):
-        return dq_nd, torch.zeros_like(k_md), torch.zeros_like(v_md)
-    kp = lambda t: e(t[keep_n].contiguous())  # noqa: E731
-    dq, dk, dv = _flash_bwd(kp(do_nd), kp(q_nd), e(k_md), e(v_md), kp(o_nd), kp(lse_n1.view(n)), 0.0, False,
-                            attn_mask=mask, scale=scale)
-    dq_nd[keep_n] = dq.view(-1, D)
-    return dq_nd, dk.view(-1, D), dv.view(-1, D)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -266,65 +189,12 @@ def prepare_gather(plan) -> GatherState:
     return GatherState(idx, groups)
 
 
-def run_cpu_impl(name: str, fn: type[torch.autograd.Function], state_type: type, prepare, q, k, v, plan):
-    """Shared entry of the CPU impls: MoC output (B, H, L, D) and its natural-log log-sum-exp
-    (B, H, L) in the compute dtype (float32/float64 natively; bf16/fp16 computed in float32).
-
-    Uses ``plan.impl_state`` when the plan was prepared for this implementation; any other MoC
-    plan (e.g. one prepared for ``"reference"``) is indexed here, on the fly.
-    """
-    if q.device.type != "cpu":
-        raise ValueError(f"moc impl {name!r} runs on CPU, got {q.device}")
-    check_matches_plan(q, k, v, plan)
-    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), state_type) else prepare(plan)
-    dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    q_, k_, v_ = (t.to(dt).contiguous() for t in (q, k, v))
-    out, lse = fn.apply(q_, k_, v_, plan, state, scale)
-    return out.to(q.dtype), lse
-
-
-def gather_forward_lse(q, k, v, plan) -> tuple[torch.Tensor, torch.Tensor]:
-    return run_cpu_impl("gather", _MoCGatherFn, GatherState, prepare_gather, q, k, v, plan)
-
-
-def gather_forward(q, k, v, plan) -> torch.Tensor:
-    return gather_forward_lse(q, k, v, plan)[0]
+def gather_kernel(q, k, v, plan, state: GatherState, scale: float) -> torch.Tensor:
+    """The impl's entry under :func:`mocbench.backends.moc.impl.run_impl` (plan checked, scale resolved)."""
+    return apply_in_compute_dtype(_MoCGatherFn, q, k, v, plan, state, scale)[0]
 
 
 # ----------------------------------------------------------------------------- working set (no tensors)
-def cpu_cast_bytes(s: MoCSizes) -> int:
-    """:func:`run_cpu_impl` computes half types in float32: copies of q, k, v (saved for backward);
-    backward adds the float32 output gradient and float32 dq, dk, dv before they are cast back."""
-    if s.e == s.f:
-        return 0
-    rows_d = s.rows * s.head_dim * 4
-    return 3 * rows_d + (4 * rows_d if s.requires_grad else 0)
-
-
-def anchor_forward_bytes(s: MoCSizes) -> int:
-    """:func:`anchor_forward` on every bucket (bounded by all buckets together): gathered queries, keys
-    and values, the flash output (and its layout copy) and log-sum-exp."""
-    D, f = s.head_dim, s.f
-    return 3 * s.rows * D * f + 2 * s.bh * s.anchor_keys * D * f + s.rows * 4
-
-
-def anchor_backward_bytes(s: MoCSizes) -> int:
-    """:func:`anchor_backward` beyond its dq, dk, dv (B*H*L*D each, which the caller keeps): per bucket
-    the gathered output gradient, queries, outputs, keys, values, LSE and flash backward's dq, dk, dv."""
-    D, f = s.head_dim, s.f
-    return 4 * s.rows * D * f + 4 * s.bh * s.anchor_keys * D * f + s.rows * f
-
-
-def partial_piece_bytes(s: MoCSizes) -> int:
-    """One partly anchored chunk (:func:`_routed_piece`, its backward): the (rows, keys) anchored map,
-    two comparisons, the float mask and its kept rows, gathered rows, output and merge temporaries."""
-    if not s.partial_chunks:
-        return 0
-    factor = 2 if s.requires_grad else 1
-    return factor * (s.tokens * s.max_chunk * (3 + 2 * s.f) + 6 * s.tokens * s.head_dim * s.f)
-
-
 def _padded_slots(s: MoCSizes) -> int:
     """P: routed pairs laid out in padded buckets (<= 1.5x, ``_BUCKET_SLACK``) plus partly anchored pieces."""
     return (3 * s.pairs) // 2 + (s.pairs if s.partial_chunks else 0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.backends.moc.structure import AnchorStructure
+from mocbench.anchors import AnchorStructure
 
 # Above this many booleans the (BH, C+1, L) routed-membership map is replaced by a sort.
 _HOT_MAP_MAX = 1 << 27
@@ -190,7 +190,7 @@ def routed_groups(selected_bhlk: torch.Tensor, idx: GatherIndex, num_chunks: int
     return RoutedGroups(tuple(buckets), tuple(pieces), base, inv_rk.view(BH * L, K))
 
 
-def _partial_mask(idx: GatherIndex, structure: AnchorStructure, c: int, rows_n: torch.Tensor, L: int, dtype):
+def partial_mask(idx: GatherIndex, structure: AnchorStructure, c: int, rows_n: torch.Tensor, L: int, dtype):
     """For a partly anchored chunk c: rows that route to some un-anchored key, and the additive
     mask (1, 1, n_keep, m) with -inf on the keys of c that are already anchors of each row."""
     ct = structure.chunks

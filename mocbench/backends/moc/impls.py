@@ -1,100 +1,82 @@
-"""Implementations of the MoC forward pass behind ``get_backend("moc", impl=...)``.
+"""The MoC implementations behind ``get_backend("moc", impl=...)``, and how ``"auto"`` picks one.
 
-Every implementation computes the same function (moc-spec §5) from the same routing plan;
-they differ only in how attention over the routed keys is executed. ``"auto"`` picks the
-first *available* entry of ``AUTO_ORDER[device type]``; when it has to pass over one (e.g. the
-fused CPU kernel could not be built) it warns once, naming the reason, and the plan records the
-implementation that ran (``plan.impl``, shown in bench rows and backend labels).
+Every implementation follows the contract of :mod:`mocbench.backends.moc.impl` and computes the same
+function (moc-spec §5) from the same routing plan; they differ only in how attention over the
+routed keys is executed. ``"auto"`` picks the first entry of ``AUTO_ORDER[device type]`` that
+supports the call; when it has to pass over one (e.g. the fused CPU kernel could not be built) it
+warns once, naming the reason, and the plan records the implementation that ran (``plan.impl``, shown
+in bench rows and backend labels). When none fits, the error lists every implementation's reasons.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from mocbench.backend import FLOAT_DTYPES, Capabilities
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.flex import flex_forward, flex_workspace_bytes, prepare_flex
-from mocbench.backends.moc.fused import fused_forward, fused_workspace_bytes, prepare_fused
-from mocbench.backends.moc.gather import gather_forward, gather_workspace_bytes, prepare_gather
-from mocbench.backends.moc.reference import reference_forward, reference_workspace_bytes
-from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.backends.moc.triton_impl import prepare_triton, triton_forward, triton_workspace_bytes
-from mocbench.backends.moc.triton_impl import unavailable_reason as triton_unavailable
+from mocbench.backends.moc.flex import flex_kernel, flex_workspace_bytes, prepare_flex
+from mocbench.backends.moc.fused import fused_kernel, fused_workspace_bytes, prepare_fused
+from mocbench.backends.moc.gather import gather_kernel, gather_workspace_bytes, prepare_gather
+from mocbench.backends.moc.impl import MoCImpl
+from mocbench.backends.moc.reference import reference_kernel, reference_workspace_bytes
+from mocbench.backends.moc.triton_impl import prepare_triton, triton_kernel, triton_workspace_bytes
 
-
-@dataclass(frozen=True)
-class MoCImpl:
-    name: str
-    forward: Callable
-    devices: tuple[str, ...]
-    description: str
-    # Upper bound of the device bytes its prepare step, forward and backward allocate (no tensors);
-    # see MoCBackend.workspace_bytes.
-    workspace: Callable[[MoCSizes], int]
-    # Optional index building run inside ``prepare`` (so it is timed with routing); its result
-    # is stored in ``plan.impl_state``.
-    prepare: Callable | None = None
-    backward_devices: tuple[str, ...] = ("cpu", "cuda")
-    # Optional check run before use: None when usable, else the reason it is not.
-    unavailable: Callable[[], str | None] | None = None
-    dtypes: tuple[torch.dtype, ...] | None = None  # None: every dtype the backend takes
-
-    def unavailable_reason(self) -> str | None:
-        return self.unavailable() if self.unavailable is not None else None
-
-
-IMPLS: dict[str, MoCImpl] = {
-    "reference": MoCImpl("reference", reference_forward, ("cpu", "cuda"),
-                         "dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory",
-                         workspace=reference_workspace_bytes),
-    "flex": MoCImpl("flex", flex_forward, ("cuda", "cpu"),
-                    "FlexAttention with a BlockMask built from the routing (compiled on CUDA; eager, "
-                    "unfused and forward-only on CPU: correctness only)", workspace=flex_workspace_bytes,
-                    prepare=prepare_flex,
-                    backward_devices=("cuda",)),
-    "gather": MoCImpl("gather", gather_forward, ("cpu",),
-                      "CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused flash "
-                      "kernels, exact log-sum-exp merge; custom backward", workspace=gather_workspace_bytes,
-                      prepare=prepare_gather,
-                      backward_devices=("cpu",)),
-    "fused": MoCImpl("fused", fused_forward, ("cpu",),
-                     "CPU: a C++ kernel (built at first use): anchors and routed chunks in cache-sized tiles on "
-                     "BLAS, each row's partials folded in place by online softmax; exact; C++ backward",
-                     workspace=fused_workspace_bytes, prepare=prepare_fused, backward_devices=("cpu",),
-                     unavailable=cpu_ext.unavailable_reason),
-    "triton": MoCImpl("triton", triton_forward, ("cuda",),
-                      "CUDA: Triton kernels reading the routing CSR (anchor and routed partials, exact LSE merge, "
-                      "atomic backward); float32/float16/bfloat16. Checked in Triton's interpreter on CPU; "
-                      "not yet measured on a GPU, so not the CUDA default", workspace=triton_workspace_bytes,
-                      prepare=prepare_triton,
-                      backward_devices=("cuda",), unavailable=triton_unavailable,
-                      dtypes=(torch.float32, torch.float16, torch.bfloat16)),
-}
+IMPLS: dict[str, MoCImpl] = {impl.name: impl for impl in (
+    MoCImpl(name="reference", description="dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory",
+            caps=Capabilities(devices=("cpu", "cuda")), kernel=reference_kernel, workspace=reference_workspace_bytes),
+    MoCImpl(name="flex", description="FlexAttention with a BlockMask built from the routing (compiled on CUDA; "
+                                     "eager, unfused and forward-only on CPU: correctness only)",
+            caps=Capabilities(devices=("cuda", "cpu"), backward_devices=("cuda",)), kernel=flex_kernel,
+            prepare=prepare_flex, workspace=flex_workspace_bytes),
+    MoCImpl(name="gather", description="CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused "
+                                       "flash kernels, exact log-sum-exp merge; custom backward",
+            caps=Capabilities(devices=("cpu",)), kernel=gather_kernel, prepare=prepare_gather,
+            workspace=gather_workspace_bytes),
+    MoCImpl(name="fused", description="CPU: a C++ kernel (built at first use): anchors and routed chunks in "
+                                      "cache-sized tiles on BLAS, each row's partials folded in place by online "
+                                      "softmax; exact; C++ backward",
+            caps=Capabilities(devices=("cpu",)), kernel=fused_kernel, prepare=prepare_fused,
+            workspace=fused_workspace_bytes, unavailable=cpu_ext.unavailable_reason),
+    MoCImpl(name="triton", description="CUDA: Triton kernels reading the routing CSR (anchor and routed partials, "
+                                       "exact LSE merge, atomic backward). Checked in Triton's interpreter on CPU; "
+                                       "not yet measured on a GPU, so not the CUDA default",
+            caps=Capabilities(devices=("cuda",), dtypes=tuple(d for d in FLOAT_DTYPES if d != torch.float64),
+                              requires=("triton",)),
+            kernel=triton_kernel, prepare=prepare_triton, workspace=triton_workspace_bytes),
+)}
 # What impl="auto" runs, per device type: the fastest exact implementation first.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("fused", "gather", "reference"),
     "cuda": ("flex", "reference"),
 }
-
+# A line for listings about an implementation's state here (e.g. a kernel not compiled yet).
+NOTES = {"fused": cpu_ext.build_note}
 
 _WARNED: set[str] = set()
 
 
-def resolve_impl(name: str, device_type: str) -> MoCImpl:
-    """The implementation ``name`` names, or for ``"auto"`` the first available one for the device."""
-    if name == "auto":
-        for cand in AUTO_ORDER.get(device_type, ()):
-            impl = IMPLS[cand]
-            if device_type not in impl.devices:
-                continue
-            reason = impl.unavailable_reason()
-            if reason is None:
-                return impl
-            if cand not in _WARNED:
-                _WARNED.add(cand)
-                warnings.warn(f"moc impl='auto' on {device_type}: passing over {cand!r} ({reason})", stacklevel=2)
-        raise ValueError(f"no MoC implementation supports device {device_type!r}")
-    return IMPLS[name]
+def resolve_impl(name: str, device_type: str, *, dtype: torch.dtype | None = None, head_dim: int | None = None,
+                 requires_grad: bool = False) -> MoCImpl:
+    """The implementation ``name`` names, or for ``"auto"`` the first in ``AUTO_ORDER[device_type]``
+    that supports the call; a ValueError listing every candidate's reasons when none does."""
+    if name != "auto":
+        if name not in IMPLS:
+            raise ValueError(f"moc impl must be 'auto' or one of {sorted(IMPLS)}, got {name!r}")
+        return IMPLS[name]
+    refused = []
+    for cand in AUTO_ORDER.get(device_type, ()):
+        reasons = IMPLS[cand].not_supported_reasons(device=device_type, dtype=dtype, head_dim=head_dim,
+                                                    requires_grad=requires_grad)
+        if not reasons:
+            return IMPLS[cand]
+        refused += reasons
+        key = f"{cand}:{device_type}"
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(f"moc impl='auto' on {device_type}: passing over {cand!r} ({'; '.join(reasons)})",
+                          stacklevel=2)
+    others = sorted(n for n in IMPLS if n not in AUTO_ORDER.get(device_type, ()))
+    raise ValueError(f"no MoC implementation runs this call on {device_type!r}: "
+                     + ("; ".join(refused) or f"none is tried automatically there (opt in with impl= one of {others})"))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mocbench.backends.moc.routing import selected_to_chunk_mask
 from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.backends.moc.structure import anchor_mask
+from mocbench.anchors import anchor_mask
 from mocbench.workspace import sdpa_bytes
 
 
@@ -27,8 +27,9 @@ def moc_mask(plan) -> torch.Tensor:
     return mask.expand(plan.batch, plan.heads, -1, -1)
 
 
-def reference_forward(q, k, v, plan) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=moc_mask(plan), scale=plan.scale)
+def reference_kernel(q, k, v, plan, state, scale: float) -> torch.Tensor:
+    """The (B, H, L, L) pattern as a boolean mask of SDPA (``state`` unused: no prepare step)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=moc_mask(plan), scale=scale)
 
 
 def reference_workspace_bytes(s: MoCSizes) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.backends.moc.structure import AnchorStructure
+from mocbench.anchors import AnchorStructure
 
 # Scores are accumulated in at least float32 so every implementation routes identically.
 _MIN_ROUTING_DTYPE = torch.float32

@@ -1,7 +1,7 @@
 """The sizes a MoC call's working set depends on, from the layout and params alone (no tensors).
 
 ``MoCBackend.workspace_bytes`` builds one :class:`MoCSizes` and adds up the pieces that live next
-to the code they describe: :func:`structure.structure_bytes`, :func:`routing.routing_bytes`,
+to the code they describe: :func:`mocbench.anchors.structure_bytes`, :func:`routing.routing_bytes`,
 :func:`accounting.measured_pairs_bytes` and the implementation's own ``MoCImpl.workspace``.
 Everything here is O(C + S + pieces), like the analytic accounting.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mocbench.backends.moc.structure import QueryClasses, candidate_totals
+from mocbench.anchors import QueryClasses, candidate_totals
 from mocbench.workspace import compute_itemsize, itemsize
 
 

@@ -19,13 +19,10 @@ unavailable with the reason.
 
 from __future__ import annotations
 
-import importlib.util
-import math
 from dataclasses import dataclass
 
 import torch
 
-from mocbench.backend import check_matches_plan
 from mocbench.backends.moc.gather_index import GatherIndex, gather_index
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import KERNEL_SCRATCH_BYTES
@@ -42,12 +39,6 @@ def _launch(dtype: torch.dtype, head_dim_padded: int) -> dict:
     if dtype == torch.float32 and head_dim_padded >= 128:
         return {"BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
     return {"BLOCK_N": BLOCK_N, "num_warps": 4, "num_stages": 2}
-
-
-def unavailable_reason() -> str | None:
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed (pip install triton)"
-    return None
 
 
 def _kernels(device_type: str) -> dict:
@@ -210,12 +201,8 @@ def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def triton_forward(q, k, v, plan) -> torch.Tensor:
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"moc impl 'triton' takes float32, float16 or bfloat16, got {q.dtype}")
-    check_matches_plan(q, k, v, plan)
-    state = plan.impl_state if isinstance(getattr(plan, "impl_state", None), TritonState) else prepare_triton(plan)
-    scale = plan.scale if plan.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+def triton_kernel(q, k, v, plan, state: TritonState, scale: float) -> torch.Tensor:
+    """The Triton kernels on the plan's device CSR (dtype and plan checked by ``run_impl``)."""
     q_, k_, v_ = (t.contiguous() for t in (q, k, v))
     return _MoCTritonFn.apply(q_, k_, v_, plan, state, scale)[0]
 

@@ -36,7 +36,6 @@ import torch
 
 from mocbench.bench.config import DEVICES, DTYPES, BackendEntry, entry_label
 from mocbench.bench.env import environment
-from mocbench.bench.runner import resolved_impl
 from mocbench.bench.store import ResultStore
 from mocbench.bench.timing import Timing
 from mocbench.bench.validate import masked_reference
@@ -207,7 +206,7 @@ def _run(cfg: BenchModelConfig, store: ResultStore, retry_failed: bool, log) -> 
         runs.append(_Run(row, None if name == OWN else get_backend(name, **params)))
     for run in runs:
         if run.backend is not None:
-            run.row.update(family=run.backend.family, impl=resolved_impl(run.backend, device))
+            run.row.update(family=run.backend.family, impl=run.backend.implementation(device))
             if small is not None:
                 log(f"{cfg.name}: validating {run.row['label']} on latent {tuple(small['hidden_states'].shape)}")
                 run.attempt(functools.partial(_validate, model, small, run))

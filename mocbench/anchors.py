@@ -1,4 +1,6 @@
-"""Mandatory anchors and routing candidates of MoC (moc-spec §4-5), computed from the layout only.
+"""Mandatory anchors and routing candidates (moc-spec §4-5), computed from the layout only.
+
+Shared by MoC (anchors + routed chunks) and the fixed-sparse baselines (anchors alone).
 
 A query's anchors and candidates depend only on its shot and its chunk, so queries are
 grouped into *query classes*: the distinct (chunk, shot) pairs present in the stream
@@ -22,16 +24,10 @@ would need gigabytes for the tables (``Q x C`` int64) and megabytes for the sums
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
 from mocbench.chunking import ChunkTable
 from mocbench.layout import TokenLayout
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mocbench.backends.moc.sizes import MoCSizes
-
 
 @dataclass(frozen=True, eq=False)
 class QueryClasses:
@@ -224,11 +220,11 @@ def build_anchor_structure(
     return out
 
 
-def structure_bytes(s: MoCSizes) -> int:
+def structure_bytes(*, classes: int, chunks: int, shots: int, tokens: int) -> int:
     """Host bytes of :func:`build_anchor_structure` at its peak: the ``Q x C`` local overlap, its
     text-covered version and ``uncovered`` (int64 each), ``candidate`` and the causal comparison
     (bool), the dense ``C x S`` chunk-shot overlap (cached) and ``token_class`` with its search keys."""
-    return s.classes * s.chunks * (3 * 8 + 2) + s.chunks * s.shots * 8 + 3 * s.tokens * 8
+    return classes * chunks * (3 * 8 + 2) + chunks * shots * 8 + 3 * tokens * 8
 
 
 def anchor_mask(layout: TokenLayout, structure: AnchorStructure | QueryClasses) -> torch.Tensor:

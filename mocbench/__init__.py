@@ -11,22 +11,23 @@ Public API::
 
 from __future__ import annotations
 
+from mocbench import backends as _builtin_backends  # noqa: E402,F401  (registers built-ins)
 from mocbench.backend import AttentionBackend, Capabilities, Plan, UnsupportedError
 from mocbench.chunking import ChunkRule, ChunkTable
 from mocbench.layout import Segment, TokenLayout
 from mocbench.registry import backend_spec, get_backend, list_backends, register_backend
 from mocbench.stats import AttentionStats
 
-from mocbench import backends as _builtin_backends  # noqa: E402,F401  (registers built-ins)
-
 __version__ = "0.1.0"
 
 
 def estimate(layout: TokenLayout, name: str, *, head_dim: int, batch: int = 1, heads: int = 1,
-             **params) -> AttentionStats:
-    """Analytic pairs, sparsity and FLOPs of backend ``name`` on ``layout``, without tensors
-    (arguments checked by every backend's ``estimate``, see ``AttentionBackend``)."""
-    return get_backend(name, **params).estimate(layout, head_dim=head_dim, batch=batch, heads=heads)
+             block_shape: tuple[int, int] | None = None, **params) -> AttentionStats:
+    """Analytic pairs, sparsity and FLOPs of backend ``name`` on ``layout``, without tensors (arguments
+    checked by every backend's ``estimate``, see ``AttentionBackend``); with ``block_shape=(bq, bk)`` also
+    the block density where the layout and params determine it (None: depends on routing)."""
+    return get_backend(name, **params).estimate(layout, head_dim=head_dim, batch=batch, heads=heads,
+                                                block_shape=block_shape)
 
 
 __all__ = [

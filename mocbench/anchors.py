@@ -24,10 +24,13 @@ would need gigabytes for the tables (``Q x C`` int64) and megabytes for the sums
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
+from mocbench.blocks import grid_shape, key_columns, presence, related_blocks
 from mocbench.chunking import ChunkTable
 from mocbench.layout import TokenLayout
+
 
 @dataclass(frozen=True, eq=False)
 class QueryClasses:
@@ -114,6 +117,22 @@ def candidate_totals(classes: QueryClasses, *, causal: bool) -> tuple[torch.Tens
     n_in = _per_shot_sums(wholly, classes, causal)
     keys_in = _per_shot_sums(covered, classes, causal)
     return n_all - n_in, sum_all - keys_in
+
+
+def candidate_square_sums(classes: QueryClasses, *, causal: bool) -> torch.Tensor:
+    """(Q,) the sum over each class's candidates of their uncovered keys squared, exactly and without the
+    ``Q x C`` tables (as :func:`candidate_totals`): with the count and the plain sum it tells whether all of
+    a class's candidates leave the same number of keys uncovered (``n * sum u^2 == (sum u)^2``)."""
+    ct = classes.chunks
+    m = ct.sizes
+    eligible = (m > 0) & ~(ct.is_text & classes.text_anchor)
+    cc = classes.class_chunk
+    sq_all = _sum_over_chunks(eligible * m * m, causal, cc)
+    if classes.local_anchor == "chunk":
+        return sq_all if causal else sq_all - eligible[cc] * m[cc] * m[cc]
+    # "shot": a chunk overlapping the class's shot by o leaves m - o uncovered instead of m
+    o = classes.class_size
+    return sq_all - _per_shot_sums(eligible[cc] * (m[cc] * m[cc] - (m[cc] - o) * (m[cc] - o)), classes, causal)
 
 
 def _sum_over_chunks(w_c: torch.Tensor, causal: bool, class_chunk: torch.Tensor) -> torch.Tensor:
@@ -227,10 +246,29 @@ def structure_bytes(*, classes: int, chunks: int, shots: int, tokens: int) -> in
     return classes * chunks * (3 * 8 + 2) + chunks * shots * 8 + 3 * tokens * 8
 
 
+def anchor_blocks(layout: TokenLayout, classes: AnchorStructure | QueryClasses,
+                  block_shape: tuple[int, int], rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """(QB, KB) bool: the blocks of the ``bq x bk`` grid holding an anchored pair (moc-spec §10), from the
+    chunk table's runs: own shot or own chunk (a query block and a key block meeting the same shot/chunk),
+    and every key block holding a caption token when the text anchor is on. Work O(pieces + touched blocks).
+    ``rows=(q0, q1)``: only that band of query blocks."""
+    ct = classes.chunks
+    bq, bk = block_shape
+    QB, KB = grid_shape(layout.num_tokens, block_shape)
+    stop = torch.cumsum(ct.piece_len, 0)
+    start = stop - ct.piece_len
+    group = ct.piece_shot if classes.local_anchor == "shot" else ct.piece_chunk
+    grid = related_blocks(presence(start, stop, group, bq), presence(start, stop, group, bk), (QB, KB), rows=rows)
+    if classes.text_anchor:
+        text = ct.is_text[ct.piece_chunk]
+        grid |= key_columns(start[text], stop[text], bk, KB)[None, :]
+    return grid
+
+
 def anchor_mask(layout: TokenLayout, structure: AnchorStructure | QueryClasses) -> torch.Tensor:
     """(L, L) bool: True where query i must attend key j. Reference/inspection sizes only."""
     ct = structure.chunks
-    is_text = layout.modality == 0
+    is_text = layout.is_text
     mask = torch.zeros(layout.num_tokens, layout.num_tokens, dtype=torch.bool)
     if structure.text_anchor:
         mask |= is_text[None, :]

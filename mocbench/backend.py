@@ -9,8 +9,8 @@ A backend object is built by the registry from a validated params dataclass. Its
 * ``backend.prepare(q, k, layout) -> plan``      routing / masks / indices (timed on its own)
 * ``backend.forward(q, k, v, plan) -> out``      attention only
 * ``backend.attention_pattern(q, k, layout)``    ``(B, H, L, L)`` bool, small sizes only
-* ``backend.stats(q, k, layout)``                measured :class:`AttentionStats`
-* ``backend.estimate(layout, head_dim=...)``     analytic :class:`AttentionStats`, no tensors
+* ``backend.stats(q, k, layout)``                measured :class:`AttentionStats` (``block_shape=``: block density)
+* ``backend.estimate(layout, head_dim=...)``     analytic :class:`AttentionStats`, no tensors (``block_shape=`` too)
 * ``backend.workspace_bytes(layout, ...)``       bytes its working set needs (memory checks), no tensors
 * ``backend.not_supported_reasons(...)``         why a device/dtype/shape is refused (empty: fine)
 """
@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mocbench.blocks import check_block_shape, pattern_block_density
 from mocbench.layout import TokenLayout
 from mocbench.params import params_as_dict
 from mocbench.stats import AttentionStats
@@ -34,6 +35,8 @@ from mocbench.workspace import fused_attention_bytes, layout_bytes
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Beyond this many booleans attention_pattern refuses (it is an inspection tool, not a kernel).
 MAX_PATTERN_ELEMENTS = 1 << 30
+# The default plan_block_density materialises the pattern only up to this many booleans.
+MAX_BLOCK_PATTERN_ELEMENTS = 1 << 26
 
 
 class UnsupportedError(ValueError):
@@ -293,19 +296,40 @@ class AttentionBackend:
     def _pattern(self, plan: Plan) -> torch.Tensor:
         raise NotImplementedError
 
-    def stats(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout) -> AttentionStats:
-        """Measured accounting for these inputs (routing included), without any L x L tensor."""
+    def stats(self, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout, *,
+              block_shape: tuple[int, int] | None = None) -> AttentionStats:
+        """Measured accounting for these inputs (routing included), without any L x L tensor; with
+        ``block_shape=(bq, bk)`` also the block density of the plan (moc-spec §10)."""
         check_qkv(q, k, None, layout)
+        bs = None if block_shape is None else check_block_shape(block_shape)
         with torch.no_grad():
             plan = self._prepare(q, k, layout, training=False, generator=None)
-            return self.plan_stats(plan)
+            stats = self.plan_stats(plan)
+            if bs is not None:
+                stats = dataclasses.replace(stats, block_shape=bs, block_density=self.plan_block_density(plan, bs))
+            return stats
 
     def plan_stats(self, plan: Plan) -> AttentionStats:
         raise NotImplementedError
 
+    def plan_block_density(self, plan: Plan, block_shape: tuple[int, int]) -> float | None:
+        """Block density of a plan (moc-spec §10). This default counts the blocks of the materialised
+        pattern, so it answers only at inspection sizes (B*H*L^2 <= ``MAX_BLOCK_PATTERN_ELEMENTS``) and None
+        (not measured) beyond; backends override it with a computation that needs no L x L tensor."""
+        L = plan.layout.num_tokens
+        if plan.batch * plan.heads * L * L > MAX_BLOCK_PATTERN_ELEMENTS:
+            return None
+        return pattern_block_density(self._pattern(plan), block_shape)
+
     def estimate(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1) -> AttentionStats:
-        """Analytic accounting from the layout and params alone (moc-spec §7)."""
+        """Analytic accounting from the layout and params alone (moc-spec §7); every subclass's ``estimate``
+        also takes ``block_shape=(bq, bk)`` and then reports :meth:`estimate_block_density` (§10)."""
         raise NotImplementedError
+
+    def estimate_block_density(self, layout: TokenLayout, block_shape: tuple[int, int]) -> float | None:
+        """Block density from the layout and params alone, where they determine it (moc-spec §10); None
+        otherwise ("depends on routing"), never a guess. This default determines nothing."""
+        return None
 
     def workspace_bytes(self, layout: TokenLayout, *, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
                         device: str = "cpu", requires_grad: bool = False) -> int:
@@ -337,9 +361,14 @@ def _checked_estimate(estimate):
     """``estimate`` with its arguments checked first (see ``AttentionBackend.__init_subclass__``)."""
 
     @functools.wraps(estimate)
-    def checked(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1) -> AttentionStats:
+    def checked(self, layout: TokenLayout, *, head_dim: int, batch: int = 1, heads: int = 1,
+                block_shape: tuple[int, int] | None = None) -> AttentionStats:
         check_estimate_args(layout, head_dim, batch, heads)
-        return estimate(self, layout, head_dim=head_dim, batch=batch, heads=heads)
+        bs = None if block_shape is None else check_block_shape(block_shape)
+        stats = estimate(self, layout, head_dim=head_dim, batch=batch, heads=heads)
+        if bs is not None:
+            stats = dataclasses.replace(stats, block_shape=bs, block_density=self.estimate_block_density(layout, bs))
+        return stats
 
     checked._checks_args = True
     return checked

@@ -9,34 +9,50 @@ Every text segment is one chunk. Video segments are cut by a rule:
 ``tokens:m``    runs of ``m`` consecutive tokens inside a video segment (last shorter)
 ``fixed:m``     all video tokens of the stream, in order, cut every ``m`` tokens,
                 ignoring frame and shot boundaries (the non-content-aligned baseline)
+``cubes:t,h,w`` 3D tiles inside a shot: ``t`` frames x ``h`` patch rows x ``w`` patch
+                columns (partial tiles at the shot's last frames and the frame's last
+                rows/columns); needs the layout's ``frame_shape``
 ==============  ====================================================================
 
 Chunks are numbered by *order*: the stream position of their first token. A ``fixed:m``
-chunk may straddle a caption, so its tokens need not be contiguous in the stream.
+chunk may straddle a caption and a ``cubes`` chunk is ``t * h`` runs of ``w`` tokens, so their
+tokens need not be contiguous in the stream (``ChunkRule.contiguous`` is False).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mocbench.layout import TokenLayout
 
-RULE_FORMS = ("shot", "frame", "frames:n", "tokens:m", "fixed:m")
-_RULE_RE = re.compile(r"^(shot|frame|frames|tokens|fixed)(?::(.*))?$")
+class Stream(Protocol):
+    """What chunking reads of a token stream (a :class:`mocbench.layout.TokenLayout` is one): its
+    segments in stream order and where each starts, and the frame geometry. Declared here so that this
+    module needs nothing from ``layout`` (which imports it)."""
+
+    segments: Sequence
+    segment_starts: Sequence[int]
+    frame_shape: tuple[int, int] | None
+    tokens_per_frame: int
+    num_shots: int
+
+RULE_FORMS = ("shot", "frame", "frames:n", "tokens:m", "fixed:m", "cubes:t,h,w")
+_RULE_RE = re.compile(r"^(shot|frame|frames|tokens|fixed|cubes)(?::(.*))?$")
 
 
 @dataclass(frozen=True)
 class ChunkRule:
-    """A parsed chunking rule: ``kind`` in {shot, frame, frames, tokens, fixed} and its size ``n``."""
+    """A parsed chunking rule: ``kind`` in {shot, frame, frames, tokens, fixed, cubes}, its size ``n``
+    and, for ``cubes``, the tile ``dims = (t, h, w)`` (``n = t * h * w``, the size of a full tile)."""
 
     kind: str
     n: int = 1
+    dims: tuple[int, int, int] | None = None
 
     @classmethod
     def parse(cls, rule: object) -> "ChunkRule":
@@ -52,15 +68,30 @@ class ChunkRule:
             if arg is not None:
                 raise ValueError(f"chunking {kind!r} takes no size, got {rule!r}")
             return cls(kind, 1)
+        if kind == "cubes":
+            parts = (arg or "").split(",")
+            if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+                raise ValueError(f"chunking cubes:t,h,w needs three positive integers (frames, patch rows, patch "
+                                 f"columns of a tile), got {rule!r}")
+            t, h, w = (int(p) for p in parts)
+            return cls(kind, t * h * w, (t, h, w))
         if arg is None or not arg.isdigit() or int(arg) < 1:
             raise ValueError(f"chunking {kind}:N needs a positive integer N, got {rule!r}")
         return cls(kind, int(arg))
 
     @property
     def content_aligned(self) -> bool:
+        """Chunks never cross a shot boundary or mix text and video (every rule but ``fixed:m``)."""
         return self.kind != "fixed"
 
+    @property
+    def contiguous(self) -> bool:
+        """Every chunk is one run of consecutive stream positions, chunk ids non-decreasing along the stream."""
+        return self.kind not in ("fixed", "cubes")
+
     def __str__(self) -> str:
+        if self.kind == "cubes":
+            return "cubes:" + ",".join(map(str, self.dims))
         return self.kind if self.kind in ("shot", "frame") else f"{self.kind}:{self.n}"
 
 
@@ -87,7 +118,7 @@ class ChunkTable:
 
     Internally the stream is a list of *pieces*: maximal runs of consecutive tokens in one
     chunk and one segment (a chunk is one piece unless it is a ``fixed:m`` chunk that straddles
-    a caption or a shot boundary).
+    a caption or a shot boundary, or a ``cubes`` chunk: one piece per (frame, row) it covers).
     """
 
     rule: ChunkRule
@@ -109,7 +140,7 @@ class ChunkTable:
 
     @functools.cached_property
     def token_index(self) -> torch.Tensor:
-        if self.rule.content_aligned:  # chunk ids never decrease along the stream
+        if self.rule.contiguous:  # chunk ids never decrease along the stream
             return torch.arange(int(self.sizes.sum()), dtype=torch.int64)
         return torch.argsort(self.chunk_id, stable=True)
 
@@ -149,8 +180,28 @@ def _video_piece_sizes(frames: int, tpf: int, rule: ChunkRule) -> torch.Tensor:
     return sizes
 
 
-def build_chunk_table(layout: "TokenLayout", rule: ChunkRule) -> ChunkTable:
+def _cube_pieces(frames: int, frame_shape: tuple[int, int], dims: tuple[int, int, int]):
+    """(starts, lengths, cube index) of the pieces of one video segment under ``cubes:t,h,w``, in stream
+    order: for every frame and patch row, one run of up to ``w`` columns per column tile. Cubes are
+    indexed tile-major (frame tile, row tile, column tile), which is also the order of their first tokens."""
+    H, W = frame_shape
+    t, h, w = dims
+    n_h, n_w = -(-H // h), -(-W // w)
+    f = torch.arange(frames).view(-1, 1, 1)
+    r = torch.arange(H).view(1, -1, 1)
+    cw = torch.arange(n_w).view(1, 1, -1)
+    starts = (f * (H * W) + r * W + cw * w).expand(frames, H, n_w).reshape(-1)
+    lens = ((cw + 1) * w).clamp(max=W) - cw * w
+    lens = lens.expand(frames, H, n_w).reshape(-1)
+    cube = ((f // t) * (n_h * n_w) + (r // h) * n_w + cw).expand(frames, H, n_w).reshape(-1)
+    return starts, lens, cube
+
+
+def build_chunk_table(layout: Stream, rule: ChunkRule) -> ChunkTable:
     """Cut ``layout`` by ``rule`` with segment arithmetic (no per-token work)."""
+    if rule.kind == "cubes" and layout.frame_shape is None:
+        raise ValueError(f"chunking {rule} needs the frame geometry: build the layout with frame_shape=(h, w) "
+                         f"(h * w = tokens_per_frame = {layout.tokens_per_frame}); this layout has none")
     starts, lens, keys, shots, texts = [], [], [], [], []
     next_key = 0
     fixed_base = len(layout.segments)  # fixed:m video chunk g gets key fixed_base + g
@@ -166,6 +217,15 @@ def build_chunk_table(layout: "TokenLayout", rule: ChunkRule) -> ChunkTable:
             lo, hi = (g * rule.n).clamp(min=v0), ((g + 1) * rule.n).clamp(max=v1)
             sizes, k = hi - lo, fixed_base + g
             video_seen = v1
+        elif rule.kind == "cubes":
+            rel, sizes, cube = _cube_pieces(seg.frames, layout.frame_shape, rule.dims)
+            starts.append(seg_start + rel)
+            lens.append(sizes)
+            keys.append(next_key + cube)
+            next_key += int(cube.max()) + 1
+            shots.append(torch.full_like(sizes, seg.shot))
+            texts.append(torch.zeros(sizes.shape, dtype=torch.bool))
+            continue
         else:
             sizes = _video_piece_sizes(seg.frames, seg.tokens_per_frame, rule)
             k = next_key + torch.arange(sizes.numel(), dtype=torch.int64)

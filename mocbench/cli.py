@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mocbench.config import PlanConfig, add_config_arguments, load_config
+from mocbench.blocks import check_block_shape
+from mocbench.config import PlanConfig, add_config_arguments, load_config, plain
 from mocbench.errors import DEBUG_ENV, check_output_dir, debug_enabled, one_line, user_message
 from mocbench.registry import backend_specs, get_backend
 from mocbench.stats import AttentionStats
@@ -60,19 +61,21 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name, impl_rows in impls.items():
         itable = Table(title=f"{name} implementations (param impl=; 'auto' runs the first of its device's order "
                              "that supports the call)")
-        for col in ("impl", "devices", "auto order", "available here", "what it is"):
+        for col in ("impl", "devices", "auto order", "available here", "measured", "what it is"):
             itable.add_column(col, overflow="fold")
         for r in impl_rows:
             here = ("[green]yes[/]" + (f" ({r['note']})" if r["note"] else "")) if r["available"] \
                 else f"[red]no[/]: {'; '.join(r['reasons'])}"
-            itable.add_row(r["impl"], r["devices"], r["auto_order"], here, r["description"])
+            itable.add_row(r["impl"], r["devices"], r["auto_order"], here, r.get("measured", "-"), r["description"])
         console.print(itable)
     return 0
 
 
 def _stats_row(label: str, s: AttentionStats) -> dict:
     return {"backend": label, "tokens": s.tokens, "chunks": s.num_chunks, "keys_per_query": s.mean_keys_per_query,
-            "sparsity": s.sparsity, "attention_flops": s.attention_flops, "routing_flops": s.routing_flops,
+            "sparsity": s.sparsity, "block_shape": list(s.block_shape) if s.block_shape else None,
+            "block_density": s.block_density,
+            "attention_flops": s.attention_flops, "routing_flops": s.routing_flops,
             "pooling_flops": s.pooling_flops,
             "total_flops": s.total_flops, "dense_flops": s.dense_flops, "dense_over_total": s.flops_reduction}
 
@@ -80,22 +83,26 @@ def _stats_row(label: str, s: AttentionStats) -> dict:
 def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_config(PlanConfig, args.config, args.overrides)
     layout = cfg.layout.build()
+    block_shape = check_block_shape(tuple(plain(cfg.block_shape)))
     rows = []
-    for name, params in [(n, {}) for n in cfg.compare] + [(cfg.backend, dict(cfg.params))]:
+    for name, params, label in cfg.compare_entries() + [(cfg.backend, dict(cfg.params), None)]:
         backend = get_backend(name, **params)
-        stats = backend.estimate(layout, head_dim=cfg.head_dim, batch=cfg.batch, heads=cfg.heads)
-        rows.append(_stats_row(backend.label, stats))
+        stats = backend.estimate(layout, head_dim=cfg.head_dim, batch=cfg.batch, heads=cfg.heads,
+                                 block_shape=block_shape)
+        rows.append(_stats_row(label or backend.label, stats))
     if args.json:
         print(json.dumps({"layout": layout.describe(), "head_dim": cfg.head_dim, "rows": rows}, indent=2))
         return 0
     title = cfg.title or "Analytic attention cost (per layer, forward)"
     table = Table(title=f"{title}\n{_short_layout(layout)}, head_dim={cfg.head_dim}, batch={cfg.batch}, heads={cfg.heads}")
-    for col in ("backend", "L", "chunks", "keys/query", "sparsity", "attn FLOPs", "routing+pooling FLOPs",
-                "total FLOPs", "dense FLOPs", "dense/total"):
+    bq, bk = block_shape
+    for col in ("backend", "L", "chunks", "keys/query", "sparsity", f"block density ({bq}x{bk})", "attn FLOPs",
+                "routing+pooling FLOPs", "total FLOPs", "dense FLOPs", "dense/total"):
         table.add_column(col, justify="left" if col == "backend" else "right", overflow="fold")
     for r in rows:
+        density = "depends on routing" if r["block_density"] is None else f"{100 * r['block_density']:.1f}%"
         table.add_row(r["backend"], f"{r['tokens']:,}", str(r["chunks"] or "-"), f"{r['keys_per_query']:,.0f}",
-                      f"{100 * r['sparsity']:.1f}%", _fmt_flops(r["attention_flops"]),
+                      f"{100 * r['sparsity']:.1f}%", density, _fmt_flops(r["attention_flops"]),
                       _fmt_flops(r["routing_flops"] + r["pooling_flops"]),
                       _fmt_flops(r["total_flops"]), _fmt_flops(r["dense_flops"]), f"{r['dense_over_total']:.2f}x")
     console.print(table)

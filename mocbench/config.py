@@ -41,8 +41,8 @@ class LayoutConfig:
     frame_shape: Optional[List[int]] = None  # [h, w] patch rows x columns (h * w = tokens_per_frame); None: unknown
 
     def build(self) -> TokenLayout:
-        frames, text = _plain(self.frames), _plain(self.text_tokens)
-        frame_shape = _plain(self.frame_shape)
+        frames, text = plain(self.frames), plain(self.text_tokens)
+        frame_shape = plain(self.frame_shape)
         shots = self.shots
         if shots is None:
             shots = len(frames) if isinstance(frames, list) else 1
@@ -63,19 +63,47 @@ class BackendConfig:
 
 @dataclass
 class PlanConfig:
-    """``mocbench plan``: analytic accounting of ``backend`` (with ``params``) next to ``compare`` rows."""
+    """``mocbench plan``: analytic accounting of ``backend`` (with ``params``) next to ``compare`` rows.
+
+    A ``compare`` entry is a backend name (default params) or ``{name: ..., params: {...}, label: ...}``.
+    ``block_shape`` is the ``[bq, bk]`` grid of the block density column (moc-spec §10).
+    """
 
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     backend: str = "moc"
     params: Dict[str, Any] = field(default_factory=dict)
-    compare: List[str] = field(default_factory=lambda: ["dense"])
+    compare: List[Any] = field(default_factory=lambda: ["dense"])
     head_dim: int = 128
     batch: int = 1
     heads: int = 1
+    block_shape: List[int] = field(default_factory=lambda: [128, 128])
     title: Optional[str] = None
 
+    def compare_entries(self) -> list[tuple[str, dict, str | None]]:
+        """``compare`` as (name, params, label or None), each entry checked."""
+        out = []
+        for i, entry in enumerate(plain(self.compare)):
+            if isinstance(entry, str):
+                out.append((entry, {}, None))
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ConfigError(f"compare[{i}] must be a backend name or a mapping with 'name' (and optional "
+                                  f"'params', 'label'), got {entry!r}")
+            unknown = sorted(set(entry) - {"name", "params", "label"})
+            if unknown:
+                raise ConfigError(f"compare[{i}] has unknown key(s) {unknown}; accepted: name, params, label")
+            params = entry.get("params") or {}
+            if not isinstance(params, dict):
+                raise ConfigError(f"compare[{i}].params must be a mapping of backend params, got {params!r}")
+            label = entry.get("label")
+            if label is not None and not isinstance(label, str):
+                raise ConfigError(f"compare[{i}].label must be a string, got {label!r}")
+            out.append((entry["name"], params, label))
+        return out
 
-def _plain(value: Any) -> Any:
+
+def plain(value: Any) -> Any:
+    """``value`` as plain Python (dicts, lists, dataclasses) when it is an OmegaConf node, else as it is."""
     return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
 
 

@@ -2,9 +2,11 @@
 
 A layout is a fixed sequence of *segments* (moc-spec §2). Each segment is either one shot's
 caption (``n`` text tokens) or one shot's video (``F`` frames x ``P`` tokens per frame,
-frame-major). Everything an attention backend needs to know about the stream (modality,
-shot and frame of every token, and its chunk under a chunking rule) is derived here, once,
-and cached on the (immutable, hashable) layout object.
+frame-major). Optionally the layout knows the frame geometry ``frame_shape = (h, w)`` with
+``P = h * w`` (patches row-major inside a frame), which the spatial methods (sliding tiles, 3D cubes)
+need. Everything an attention backend needs to know about the stream (modality, shot, frame, row,
+column of every token, and its chunk under a chunking rule) is derived here, once, and cached on
+the (immutable, hashable) layout object.
 
 Per-token arrays are CPU ``torch.int64`` tensors of length ``L``; nothing here is ``L x L``.
 """
@@ -30,6 +32,31 @@ def _check_count(name: str, value: object, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _check_frame_shape(frame_shape: object, tokens_per_frame: int | None) -> tuple[int, int] | None:
+    """``frame_shape`` as a ``(h, w)`` tuple of ints >= 1 whose product is ``tokens_per_frame`` (when given)."""
+    if frame_shape is None:
+        return None
+    if isinstance(frame_shape, (str, bytes)) or not isinstance(frame_shape, Sequence) or len(frame_shape) != 2:
+        raise TypeError(f"frame_shape must be (h, w): two ints, patch rows and columns of a frame; got {frame_shape!r}")
+    h = _check_count("frame_shape[0] (rows)", frame_shape[0], minimum=1)
+    w = _check_count("frame_shape[1] (columns)", frame_shape[1], minimum=1)
+    if tokens_per_frame is not None and h * w != tokens_per_frame:
+        raise ValueError(f"frame_shape (h, w) = ({h}, {w}) has {h * w} tokens per frame but tokens_per_frame is "
+                         f"{tokens_per_frame}; they must agree (tokens_per_frame = h * w)")
+    return (h, w)
+
+
+def _resolve_tokens_per_frame(tokens_per_frame: object, frame_shape: object) -> tuple[int, tuple[int, int] | None]:
+    """(tokens_per_frame, frame_shape) from the constructors' arguments: either may be given, not neither."""
+    if tokens_per_frame is None:
+        if frame_shape is None:
+            raise ValueError("give tokens_per_frame=P or frame_shape=(h, w) (then P = h * w)")
+        shape = _check_frame_shape(frame_shape, None)
+        return shape[0] * shape[1], shape
+    tpf = _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
+    return tpf, _check_frame_shape(frame_shape, tpf)
 
 
 def _check_counts(name: str, values: object, *, minimum: int) -> tuple[int, ...]:
@@ -74,28 +101,32 @@ class TokenLayout:
     """An immutable description of a video sample's token stream.
 
     Build one with :meth:`single_shot`, :meth:`multi_shot` or :meth:`from_segments`.
-    Derived per-token ids (``modality``, ``shot_id``, ``frame_id``, ``position``) and
-    chunkings (:meth:`chunks`) are computed on first use and cached.
+    Derived per-token ids (``modality``, ``shot_id``, ``frame_id``, ``patch_id``, ``position``, and
+    ``row_id``/``col_id`` when ``frame_shape`` is known) and chunkings (:meth:`chunks`) are computed
+    on first use and cached.
     """
 
     segments: tuple[Segment, ...]
+    frame_shape: tuple[int, int] | None = None  # (h, w) patch rows x columns of a frame; None: unknown
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def single_shot(cls, *, text_tokens: int, frames: int, tokens_per_frame: int,
-                    text_placement: Placement = "front") -> "TokenLayout":
+    def single_shot(cls, *, text_tokens: int, frames: int, tokens_per_frame: int | None = None,
+                    text_placement: Placement = "front",
+                    frame_shape: tuple[int, int] | None = None) -> "TokenLayout":
         """One caption (``text_tokens`` may be 0) and ``frames`` x ``tokens_per_frame`` video tokens: the
         caption first (``text_placement="front"``; ``"interleaved"`` is the same for one shot) or after
-        the video (``"back"``, e.g. HunyuanVideo, Mochi)."""
+        the video (``"back"``, e.g. HunyuanVideo, Mochi). ``frame_shape=(h, w)`` gives the frame geometry
+        (``tokens_per_frame`` may then be left out; if given it must equal ``h * w``)."""
         if text_placement not in PLACEMENTS:
             raise ValueError(f"text_placement must be one of {PLACEMENTS}, got {text_placement!r}")
         _check_count("text_tokens", text_tokens, minimum=0)
         _check_count("frames", frames, minimum=1)
-        _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
+        tokens_per_frame, shape = _resolve_tokens_per_frame(tokens_per_frame, frame_shape)
         text = [Segment("text", 0, tokens=text_tokens)] if text_tokens else []
         video = [Segment("video", 0, frames=frames, tokens_per_frame=tokens_per_frame)]
-        return cls(tuple(video + text if text_placement == "back" else text + video))
+        return cls(tuple(video + text if text_placement == "back" else text + video), shape)
 
     @classmethod
     def multi_shot(
@@ -103,9 +134,10 @@ class TokenLayout:
         *,
         text_tokens: Sequence[int] | int,
         frames: Sequence[int] | int,
-        tokens_per_frame: int,
+        tokens_per_frame: int | None = None,
         text_placement: Placement = "interleaved",
         shots: int | None = None,
+        frame_shape: tuple[int, int] | None = None,
     ) -> "TokenLayout":
         """A multi-shot stream.
 
@@ -114,6 +146,8 @@ class TokenLayout:
         entry, owned by shot 0) followed by every shot's video. ``"back"``: every shot's video, then
         one global caption owned by the last shot (shot ids never decrease along the stream). An int
         for ``frames`` or ``text_tokens`` is repeated ``shots`` times (``shots`` is then required).
+        ``frame_shape=(h, w)``: the frame geometry (``tokens_per_frame`` may then be left out; if given it
+        must equal ``h * w``).
         """
         if text_placement not in PLACEMENTS:
             raise ValueError(f"text_placement must be one of {PLACEMENTS}, got {text_placement!r}")
@@ -127,7 +161,7 @@ class TokenLayout:
         n_shots = len(frames_t)
         if shots is not None and shots != n_shots:
             raise ValueError(f"shots={shots} but frames has {n_shots} entries")
-        _check_count("tokens_per_frame", tokens_per_frame, minimum=1)
+        tokens_per_frame, shape = _resolve_tokens_per_frame(tokens_per_frame, frame_shape)
         if isinstance(text_tokens, int) and not isinstance(text_tokens, bool):
             text_tokens = [text_tokens] * (n_shots if text_placement == "interleaved" else 1)
         text_t = _check_counts("text_tokens", text_tokens, minimum=0)
@@ -150,12 +184,18 @@ class TokenLayout:
             owner = 0 if text_placement == "front" else n_shots - 1
             caption = [Segment("text", owner, tokens=text_t[0])] if text_t[0] else []
             segs = caption + video if text_placement == "front" else video + caption
-        return cls(tuple(segs))
+        return cls(tuple(segs), shape)
 
     @classmethod
-    def from_segments(cls, segments: Sequence[Segment]) -> "TokenLayout":
-        """A layout from explicit segments (validated like the named constructors)."""
-        return cls(tuple(segments))
+    def from_segments(cls, segments: Sequence[Segment], *,
+                      frame_shape: tuple[int, int] | None = None) -> "TokenLayout":
+        """A layout from explicit segments (validated like the named constructors); ``frame_shape=(h, w)``
+        must then satisfy ``h * w = tokens_per_frame`` of the video segments."""
+        return cls(tuple(segments), frame_shape)
+
+    def with_frame_shape(self, frame_shape: tuple[int, int] | None) -> "TokenLayout":
+        """The same stream with frame geometry ``(h, w)`` (or none), validated against tokens_per_frame."""
+        return type(self)(self.segments, frame_shape)
 
     def __post_init__(self) -> None:
         segs = self.segments
@@ -177,6 +217,8 @@ class TokenLayout:
         tpf = {s.tokens_per_frame for s in segs if s.kind == "video"}
         if len(tpf) != 1:
             raise ValueError(f"all video segments must share tokens_per_frame, got {sorted(tpf)}")
+        # frozen dataclass: store the validated tuple (a list from YAML would not hash)
+        object.__setattr__(self, "frame_shape", _check_frame_shape(self.frame_shape, next(iter(tpf))))
 
     # ----------------------------------------------------------------- scalar facts
     @property
@@ -215,12 +257,13 @@ class TokenLayout:
         parts = []
         for s in self.segments:
             parts.append(f"T{s.shot}[{s.tokens}]" if s.kind == "text" else f"V{s.shot}[{s.frames}x{s.tokens_per_frame}]")
-        return f"L={self.num_tokens} shots={self.num_shots} " + " ".join(parts)
+        geometry = f" frame={self.frame_shape[0]}x{self.frame_shape[1]}" if self.frame_shape else ""
+        return f"L={self.num_tokens} shots={self.num_shots}{geometry} " + " ".join(parts)
 
     # ----------------------------------------------------------------- per-token ids
     def _token_ids(self) -> dict[str, torch.Tensor]:
         if "ids" not in self._cache:
-            mod, shot, frame, seg = [], [], [], []
+            mod, shot, frame, seg, patch = [], [], [], [], []
             for i, s in enumerate(self.segments):
                 n = s.length
                 mod.append(torch.full((n,), TEXT if s.kind == "text" else VIDEO, dtype=torch.int64))
@@ -228,20 +271,39 @@ class TokenLayout:
                 seg.append(torch.full((n,), i, dtype=torch.int64))
                 if s.kind == "text":
                     frame.append(torch.full((n,), -1, dtype=torch.int64))
+                    patch.append(torch.full((n,), -1, dtype=torch.int64))
                 else:
                     frame.append(torch.arange(s.frames, dtype=torch.int64).repeat_interleave(s.tokens_per_frame))
+                    patch.append(torch.arange(s.tokens_per_frame, dtype=torch.int64).repeat(s.frames))
             self._cache["ids"] = {
                 "modality": torch.cat(mod),
                 "shot": torch.cat(shot),
                 "frame": torch.cat(frame),
                 "segment": torch.cat(seg),
+                "patch": torch.cat(patch),
             }
         return self._cache["ids"]
+
+    def _grid_ids(self) -> dict[str, torch.Tensor]:
+        if self.frame_shape is None:
+            raise ValueError(f"this layout has no frame geometry ({self.describe()}); build it with "
+                             f"frame_shape=(h, w), h * w = tokens_per_frame = {self.tokens_per_frame}")
+        if "grid" not in self._cache:
+            w = self.frame_shape[1]
+            patch = self.patch_id
+            video = patch >= 0
+            self._cache["grid"] = {"row": torch.where(video, patch // w, -1), "col": torch.where(video, patch % w, -1)}
+        return self._cache["grid"]
 
     @property
     def modality(self) -> torch.Tensor:
         """``(L,)`` int64: 0 for text (``mocbench.layout.TEXT``), 1 for video."""
         return self._token_ids()["modality"]
+
+    @property
+    def is_text(self) -> torch.Tensor:
+        """``(L,)`` bool: True for caption tokens (``modality == TEXT``)."""
+        return self.modality == TEXT
 
     @property
     def shot_id(self) -> torch.Tensor:
@@ -254,13 +316,24 @@ class TokenLayout:
         return self._token_ids()["frame"]
 
     @property
+    def patch_id(self) -> torch.Tensor:
+        """``(L,)`` int64: index of the token inside its frame (row-major, ``0 .. P-1``); -1 for text."""
+        return self._token_ids()["patch"]
+
+    @property
+    def row_id(self) -> torch.Tensor:
+        """``(L,)`` int64: patch row inside the frame (``0 .. h-1``); -1 for text. Needs ``frame_shape``."""
+        return self._grid_ids()["row"]
+
+    @property
+    def col_id(self) -> torch.Tensor:
+        """``(L,)`` int64: patch column inside the frame (``0 .. w-1``); -1 for text. Needs ``frame_shape``."""
+        return self._grid_ids()["col"]
+
+    @property
     def segment_id(self) -> torch.Tensor:
         """``(L,)`` int64: index into :attr:`segments`."""
         return self._token_ids()["segment"]
-
-    @property
-    def position(self) -> torch.Tensor:
-        return torch.arange(self.num_tokens, dtype=torch.int64)
 
     def chunks(self, rule: str | ChunkRule) -> ChunkTable:
         """The chunking of this stream under ``rule`` (moc-spec §3), cached per rule."""

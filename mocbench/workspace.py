@@ -18,9 +18,9 @@ import torch
 # Per-thread tiles of fused kernels (CPU flash: q/kv blocks of up to 256 x 512 scores; the C++ MoC
 # kernels: ~1 MB tiles) and allocator rounding: a fixed allowance rather than a guess per kernel.
 KERNEL_SCRATCH_BYTES = 64 << 20
-# The layout's per-token tables (modality, shot, frame, segment ids while being concatenated, chunk
-# ids, chunk-sorted order): at most 12 int64 per token.
-LAYOUT_BYTES_PER_TOKEN = 12 * 8
+# The layout's per-token tables (modality, shot, frame, segment, patch ids while being concatenated; row
+# and column ids with a frame geometry; chunk ids, chunk-sorted order): at most 15 int64 per token.
+LAYOUT_BYTES_PER_TOKEN = 15 * 8
 HALF = (torch.float16, torch.bfloat16)
 
 

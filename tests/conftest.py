@@ -31,7 +31,7 @@ def kind_of(i: int) -> str:
     return LAYOUT_KINDS[i % len(LAYOUT_KINDS)]
 
 
-def random_layout(rng: random.Random, kind: str) -> TokenLayout:
+def random_layout(rng: random.Random, kind: str, *, geometry: bool = False) -> TokenLayout:
     """A random layout of ``kind``:
 
     * ``single``: one shot, caption 0-5 tokens (0 = no caption);
@@ -40,9 +40,16 @@ def random_layout(rng: random.Random, kind: str) -> TokenLayout:
     * ``back``: every shot's video then one global caption (0-5 tokens, owned by the last shot);
     * ``segments``: explicit segments, each shot's caption (if any) before *or after* its video.
 
-    1-4 frames per shot, 1-6 tokens per frame, so L <= 4*4*6 + 4*5 = 116.
+    1-4 frames per shot, 1-6 tokens per frame, so L <= 4*4*6 + 4*5 = 116. With ``geometry=True`` the
+    layout has a random ``frame_shape`` (1-3 rows x 1-4 columns, so L <= 4*4*12 + 4*5 = 212).
     """
-    tpf = rng.randint(1, 6)
+    if geometry:
+        shape = (rng.randint(1, 3), rng.randint(1, 4))
+        return _random_layout(rng, kind, shape[0] * shape[1]).with_frame_shape(shape)
+    return _random_layout(rng, kind, rng.randint(1, 6))
+
+
+def _random_layout(rng: random.Random, kind: str, tpf: int) -> TokenLayout:
     if kind == "single":
         return TokenLayout.single_shot(text_tokens=rng.randint(0, 5), frames=rng.randint(1, 4), tokens_per_frame=tpf)
     shots = rng.randint(1, 4)
@@ -215,3 +222,14 @@ def rng() -> random.Random:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Records the device, torch and CUDA in pytest-benchmark's ``machine_info`` (``--benchmark-json``), so
+    benchmarks/baselines/baseline.py can pick and check the committed baseline of the device that ran.
+    (Here, not in tests/bench/conftest.py: two modules named ``conftest`` would shadow each other's helpers.)"""
+    from mocbench.bench.env import environment
+
+    env = environment("cuda" if torch.cuda.is_available() else "cpu")
+    machine_info["mocbench"] = {"device": env["env_device"], "torch": env["env_torch"], "cuda": env["env_cuda"]}

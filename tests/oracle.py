@@ -7,12 +7,16 @@ with plain Python loops; only routing scores and the masked softmax use torch (f
 
 Vocabulary (moc-spec):
 * chunks (§3): a partition of the stream; each caption is one chunk, video segments are cut by
-  a rule (``shot``, ``frame``, ``frames:n``, ``tokens:m``, ``fixed:m``); chunk index = rank of the
-  chunk's first token position ("order").
+  a rule (``shot``, ``frame``, ``frames:n``, ``tokens:m``, ``fixed:m``, ``cubes:t,h,w``); chunk index =
+  rank of the chunk's first token position ("order"). Frame geometry ``(h, w)`` is read from the
+  public ``TokenLayout.frame_shape``: patch ``p`` of a frame is row ``p // w``, column ``p % w``.
 * anchors (§4): text anchor (every text token), local anchor ``shot`` (own shot) or ``chunk``
   (own chunk); ``local_anchor=None`` means ``shot`` for multi-shot layouts, ``chunk`` otherwise.
 * candidates (§5): chunks not entirely covered by the query's anchors and, if causal, with
   ``order(c) < order(own chunk)``; ``Omega(i)`` = top_k candidates by ``q_i . phi_c``.
+* tile routing (§9): query tiles = pieces (maximal runs in one chunk and one segment) cut by the grid
+  ``[g*tile, (g+1)*tile)``; ``Omega(t)`` = top_k candidates by ``mean_{i in t}(q_i) . phi_c``, for every
+  query of t.
 * fixed sparse baselines (§8 + mocbench/backends/fixed_sparse.py docstring).
 """
 
@@ -32,12 +36,16 @@ class Tok:
     shot: int
     frame: int  # -1 for text
     seg: int  # index of the segment in layout.segments
+    patch: int = -1  # index inside the frame (row-major); -1 for text
+    row: int = -1  # patch row, -1 for text or when the layout has no frame_shape
+    col: int = -1
 
 
 def tokens(layout) -> list[Tok]:
-    """Per-token facts straight from ``layout.segments`` (frame-major video segments)."""
+    """Per-token facts straight from ``layout.segments`` (frame-major video segments, row-major frames)."""
     out: list[Tok] = []
     pos = 0
+    width = layout.frame_shape[1] if layout.frame_shape is not None else None
     for si, seg in enumerate(layout.segments):
         if seg.kind == "text":
             for _ in range(seg.tokens):
@@ -45,8 +53,9 @@ def tokens(layout) -> list[Tok]:
                 pos += 1
         else:
             for f in range(seg.frames):
-                for _ in range(seg.tokens_per_frame):
-                    out.append(Tok(pos, False, seg.shot, f, si))
+                for p in range(seg.tokens_per_frame):
+                    row, col = (p // width, p % width) if width else (-1, -1)
+                    out.append(Tok(pos, False, seg.shot, f, si, p, row, col))
                     pos += 1
     return out
 
@@ -55,10 +64,15 @@ def num_shots(layout) -> int:
     return max(seg.shot for seg in layout.segments) + 1
 
 
-def parse_rule(rule: str) -> tuple[str, int]:
+def parse_rule(rule: str) -> tuple[str, int | tuple[int, int, int]]:
     if rule in ("shot", "frame"):
         return rule, 0
     kind, sep, n = rule.partition(":")
+    if kind == "cubes":
+        dims = tuple(int(x) for x in n.split(","))
+        if len(dims) != 3 or min(dims) < 1:
+            raise ValueError(f"oracle: bad chunking rule {rule!r}")
+        return kind, dims
     if not sep or kind not in ("frames", "tokens", "fixed") or int(n) < 1:
         raise ValueError(f"oracle: bad chunking rule {rule!r}")
     return kind, int(n)
@@ -87,6 +101,16 @@ def chunks(layout, rule: str) -> list[list[int]]:
             elif kind == "tokens":
                 for a in range(0, len(seg_tokens), n):
                     out.append(seg_tokens[a:a + n])
+            elif kind == "cubes":
+                # 3D tiles of t frames x h rows x w columns, partial at the edges (moc-spec §3)
+                t, h, w = n
+                width = layout.frame_shape[1]
+                cubes: dict[tuple[int, int, int], list[int]] = {}
+                for f in range(F):
+                    for p in range(P):
+                        key = (f // t, (p // width) // h, (p % width) // w)
+                        cubes.setdefault(key, []).append(pos + f * P + p)
+                out.extend(cubes.values())
             else:  # fixed
                 fixed_stream.extend(seg_tokens)
         pos += seg.length
@@ -189,21 +213,97 @@ def expand_selection(sel: torch.Tensor, st: MoCStructure) -> torch.Tensor:
     return sel[..., torch.tensor(st.chunk_of, dtype=torch.long)]
 
 
+# --------------------------------------------------------------------------- tile routing (§9)
+def query_tiles(layout, chunking: str, tile: int) -> list[list[int]]:
+    """Query tiles: pieces (maximal runs of consecutive positions in one chunk and one segment) cut by
+    the grid cells [g*tile, (g+1)*tile), in stream order. Written per position from the spec's words."""
+    toks = tokens(layout)
+    cid = chunk_of(chunks(layout, chunking), len(toks))
+    out: list[list[int]] = []
+    for t in toks:
+        i = t.pos
+        same_piece = i > 0 and cid[i] == cid[i - 1] and toks[i - 1].seg == t.seg
+        if same_piece and i // tile == (i - 1) // tile:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def tile_selection(q, k, st: MoCStructure, top_k: int, tile_list: list[list[int]]) -> torch.Tensor:
+    """(B, H, L, C) bool: Omega(t) = top_k of the tile's candidates by mean_{i in t}(q_i) . phi_c, given to
+    every query of tile t."""
+    B, H = q.shape[:2]
+    sel = torch.zeros(B, H, st.L, len(st.chunks), dtype=torch.bool)
+    if top_k == 0:
+        return sel
+    phi = chunk_descriptors(k, st.chunks)  # (B, H, C, D)
+    q64 = q.detach().to(torch.float64)
+    for t in tile_list:
+        cands = torch.nonzero(st.candidate[t[0]]).flatten()
+        assert all(torch.equal(st.candidate[i], st.candidate[t[0]]) for i in t), "a tile has one candidate set"
+        if len(cands) == 0:
+            continue
+        qbar = q64[:, :, t, :].mean(dim=2)  # (B, H, D)
+        scores = (qbar[:, :, None, :] * phi[:, :, cands, :]).sum(-1)  # (B, H, n_cand)
+        best = scores.topk(min(top_k, len(cands)), dim=-1).indices
+        for b in range(B):
+            for h in range(H):
+                for c in cands[best[b, h]].tolist():
+                    sel[b, h, t, c] = True
+    return sel
+
+
+def tile_routing_margin(q, k, st: MoCStructure, top_k: int, tile_list: list[list[int]]) -> float:
+    """Smallest gap between the top_k-th and (top_k+1)-th candidate tile score where the choice matters."""
+    phi = chunk_descriptors(k, st.chunks)
+    q64 = q.detach().to(torch.float64)
+    margin = math.inf
+    for t in tile_list:
+        cands = torch.nonzero(st.candidate[t[0]]).flatten()
+        if len(cands) <= top_k:
+            continue
+        s = (q64[:, :, t, :].mean(dim=2)[:, :, None, :] * phi[:, :, cands, :]).sum(-1)
+        s = s.sort(dim=-1, descending=True).values
+        margin = min(margin, float((s[..., top_k - 1] - s[..., top_k]).min()))
+    return margin
+
+
+def _check_routing(routing: str, tile: int | None) -> int:
+    """The tile size of ``routing`` (1 for per-token routing: every token is its own tile)."""
+    if routing == "token":
+        assert tile is None, "oracle: tile only with routing='tile'"
+        return 1
+    assert routing == "tile", f"oracle: unknown routing {routing!r}"
+    return 128 if tile is None else tile  # the spec's default
+
+
 def moc_mask(q, k, layout, *, top_k: int, chunking: str = "frame", text_anchor: bool = True,
-             local_anchor: str | None = None, causal: bool = True, **_ignored) -> torch.Tensor:
-    """(B, H, L, L) bool: the attended set A(i) = anchors U tokens of Omega(i) (eval mode)."""
+             local_anchor: str | None = None, causal: bool = True, routing: str = "token", tile: int | None = None,
+             **_ignored) -> torch.Tensor:
+    """(B, H, L, L) bool: the attended set A(i) = anchors U tokens of Omega(i) (eval mode); with
+    ``routing="tile"`` Omega(i) = Omega(tile of i) (§9)."""
+    size = _check_routing(routing, tile)
     st = moc_structure(layout, chunking=chunking, text_anchor=text_anchor, local_anchor=local_anchor, causal=causal)
-    sel = moc_selection(q, k, st, top_k)
+    if routing == "tile":
+        sel = tile_selection(q, k, st, top_k, query_tiles(layout, chunking, size))
+    else:
+        sel = moc_selection(q, k, st, top_k)
     return st.anchor[None, None] | expand_selection(sel, st)
 
 
 def routing_margin(q, k, layout, *, top_k: int, chunking: str = "frame", text_anchor: bool = True,
-                   local_anchor: str | None = None, causal: bool = True, **_ignored) -> float:
+                   local_anchor: str | None = None, causal: bool = True, routing: str = "token",
+                   tile: int | None = None, **_ignored) -> float:
     """Smallest gap between the top_k-th and (top_k+1)-th candidate score over every
-    (batch, head, query) where the choice matters; ``inf`` when routing is never a choice."""
+    (batch, head, query) -- or query tile, with ``routing="tile"`` -- where the choice matters;
+    ``inf`` when routing is never a choice."""
+    size = _check_routing(routing, tile)
     if top_k == 0:
         return math.inf
     st = moc_structure(layout, chunking=chunking, text_anchor=text_anchor, local_anchor=local_anchor, causal=causal)
+    if routing == "tile":
+        return tile_routing_margin(q, k, st, top_k, query_tiles(layout, chunking, size))
     scores = routing_scores(q, k, st.chunks)
     margin = math.inf
     for i in range(st.L):

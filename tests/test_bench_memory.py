@@ -213,8 +213,9 @@ def test_workspace_is_declared_by_every_backend_and_moc_impl():
     from mocbench.backends.moc.impls import IMPLS
     from mocbench.registry import list_backends
 
-    small = TokenLayout.multi_shot(text_tokens=4, frames=2, tokens_per_frame=8, shots=2)
-    large = TokenLayout.multi_shot(text_tokens=4, frames=8, tokens_per_frame=8, shots=2)
+    # frame geometry for the families that need it (sliding_tile, vsa); the others ignore it
+    small = TokenLayout.multi_shot(text_tokens=4, frames=2, tokens_per_frame=8, shots=2, frame_shape=(2, 4))
+    large = TokenLayout.multi_shot(text_tokens=4, frames=8, tokens_per_frame=8, shots=2, frame_shape=(2, 4))
     cases = [(n, {}) for n in list_backends()] + [("moc", {"impl": i}) for i in IMPLS]
     for name, params in cases:
         b = mocbench.get_backend(name, **params)

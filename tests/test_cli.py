@@ -22,9 +22,11 @@ def test_backends_table_lists_every_backend_with_availability(capsys):
     if not rows["xformers"]["available"]:
         assert rows["xformers"]["reasons"], "an unavailable backend must say why"
     impls = {r["impl"]: r for r in out["implementations"]["moc"]}
-    assert set(impls) == {"reference", "gather", "fused", "flex", "triton"}
+    assert set(impls) == {"reference", "gather", "fused", "flex", "triton", "varlen"}
     assert impls["gather"]["available"] and impls["gather"]["auto_order"].startswith("cpu #")
-    assert impls["triton"]["auto_order"] == "opt-in"
+    assert impls["triton"]["auto_order"] == "opt-in" and impls["varlen"]["auto_order"] == "cuda #1"
+    # where each impl was measured (mocbench/backends/moc/measured.py): no CUDA impl has been, yet
+    assert all(impls[n]["measured"].endswith("not yet measured on a GPU") for n in ("varlen", "flex", "triton"))
     if not torch.cuda.is_available():
         assert not impls["triton"]["available"] and impls["triton"]["reasons"]
 

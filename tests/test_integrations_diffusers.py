@@ -2,12 +2,15 @@
 
 Tiny random models (1-2 layers, 2 heads, 3 latent frames of 4x4 patches; no weights, no downloads) of
 every built-in spec: CogVideoX (caption first, RoPE passed as a keyword the processor must keep),
-HunyuanVideo (caption last, padded per sample), Mochi (caption last, un-padded by its own processor),
-Wan and SkyReels-V2 (video only). Guards: ``dense`` equals the model's own attention on the full
+ConsisID and EasyAnimate (caption first), HunyuanVideo (caption last, padded per sample), Mochi (caption
+last, un-padded by its own processor), Wan, SkyReels-V2, Allegro, Cosmos and LTX-Video (video only; LTX
+takes packed tokens and its grid as keyword arguments). Guards: ``dense`` equals the model's own attention on the full
 transformer output; MoC with top_k >= #chunks and causal=False equals it too; sparse MoC changes the
-output and reports its sparsity from the plans that ran; ``remove()`` restores the model bit for bit;
+output and reports its sparsity from the plans that ran; per-layer fidelity against the model's dense
+attention is ~0 for full coverage and > 0 for sparse MoC; ``remove()`` restores the model bit for bit;
 unknown models, masks other than key padding, dropout, is_causal and non-native diffusers attention
-backends are refused with the reason.
+backends are refused with the reason. ``mocbench bench-model``: tests/test_integrations_diffusers_bench.py;
+local weights and ``mocbench sample-model``: tests/test_integrations_diffusers_weights.py.
 """
 
 from __future__ import annotations
@@ -115,10 +118,81 @@ def skyreels_v2(num_frame_per_block=1):
     return SkyReelsV2Transformer3DModel(**WAN_SHAPE, num_frame_per_block=num_frame_per_block).eval(), _wan_inputs(5)
 
 
-MODELS = {"cogvideox": cogvideox, "hunyuan_video": hunyuan_video, "mochi": mochi, "wan": wan, "skyreels_v2": skyreels_v2}
+def _text_and_video(seed: int, axes: str) -> dict:
+    g = _generator(seed)
+    shape = (2, FRAMES, 4, HEIGHT, WIDTH) if axes == "BFCHW" else (2, 4, FRAMES, HEIGHT, WIDTH)
+    return dict(hidden_states=torch.randn(*shape, generator=g), encoder_hidden_states=torch.randn(2, 5, 8, generator=g),
+                timestep=torch.tensor([10, 500]))
+
+
+def consisid():
+    """CogVideoX's stream (caption first) with ConsisID's face branch off (no identity inputs)."""
+    from diffusers import ConsisIDTransformer3DModel
+
+    torch.manual_seed(0)
+    model = ConsisIDTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8, text_embed_dim=8,
+        num_layers=2, sample_width=WIDTH, sample_height=HEIGHT, sample_frames=(FRAMES - 1) * 4 + 1, patch_size=2,
+        max_text_seq_length=5, is_train_face=False)
+    return model.eval(), _text_and_video(7, "BFCHW")
+
+
+def easyanimate():
+    """Caption concatenated in front of the video inside attn1; patches per frame."""
+    from diffusers import EasyAnimateTransformer3DModel
+
+    torch.manual_seed(0)
+    model = EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, patch_size=2, sample_width=WIDTH,
+        sample_height=HEIGHT, num_layers=2, mmdit_layers=2, time_embed_dim=8, text_embed_dim=8)
+    return model.eval(), _text_and_video(8, "BCFHW")
+
+
+def allegro():
+    from diffusers import AllegroTransformer3DModel
+
+    torch.manual_seed(0)
+    model = AllegroTransformer3DModel(
+        patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        num_layers=2, cross_attention_dim=24, sample_height=HEIGHT, sample_width=WIDTH, sample_frames=FRAMES,
+        caption_channels=8)
+    return model.eval(), _text_and_video(9, "BCFHW")
+
+
+def cosmos():
+    """Cosmos (1.0 layout); the padding-mask input channel is off (it needs torchvision, not attention)."""
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(0)
+    model = CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12, num_layers=2, mlp_ratio=2.0,
+        text_embed_dim=8, adaln_lora_dim=4, max_size=(4, 16, 16), patch_size=(1, 2, 2), rope_scale=(1.0, 1.0, 1.0),
+        concat_padding_mask=False)
+    return model.eval(), _text_and_video(10, "BCFHW")
+
+
+def ltx_video():
+    """Packed patch tokens (B, L, C) in; the grid is the num_frames / height / width keyword arguments."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    model = LTXVideoTransformer3DModel(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1,
+                                       num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                       num_layers=2, caption_channels=8)
+    g = _generator(11)
+    grid = dict(num_frames=FRAMES, height=HEIGHT // 2, width=WIDTH // 2)
+    tokens = FRAMES * (HEIGHT // 2) * (WIDTH // 2)
+    return model.eval(), dict(hidden_states=torch.randn(2, tokens, 4, generator=g),
+                              encoder_hidden_states=torch.randn(2, 5, 8, generator=g), timestep=torch.tensor([10, 500]),
+                              encoder_attention_mask=_padding_mask(2, 5, (5, 3)), **grid)
+
+
+MODELS = {"cogvideox": cogvideox, "hunyuan_video": hunyuan_video, "mochi": mochi, "wan": wan, "skyreels_v2": skyreels_v2,
+          "consisid": consisid, "easyanimate": easyanimate, "allegro": allegro, "cosmos": cosmos, "ltx_video": ltx_video}
 SPEC_OF = {"cogvideox": "cogvideox", "hunyuan_video": "hunyuan_video", "mochi": "mochi", "wan": "wan",
-           "skyreels_v2": "wan"}
-LAYERS = {"cogvideox": 2, "hunyuan_video": 2, "mochi": 2, "wan": 2, "skyreels_v2": 2}
+           "skyreels_v2": "wan", "consisid": "consisid", "easyanimate": "easyanimate", "allegro": "allegro",
+           "cosmos": "cosmos", "ltx_video": "ltx_video"}
+LAYERS = {name: 2 for name in MODELS}
 
 
 def run(model, inputs) -> torch.Tensor:
@@ -215,6 +289,57 @@ def test_wrapper_keeps_the_processors_call_signature():
         assert "image_rotary_emb" in inspect.signature(wrapped.__call__).parameters
 
 
+# --------------------------------------------------------------------------- per-layer fidelity
+def test_fidelity_is_exact_for_full_coverage_moc_and_nonzero_for_sparse_moc(built):
+    """Per-layer fidelity against the model's dense attention on the same q, k, v (padded captions: on the valid
+    rows): MoC attending every pair has rel-L2 <= 1e-5 in every layer; top_k=1 has rel-L2 > 0 and cosine < 1 in
+    every layer; measuring does not change the transformer's output."""
+    name, model, inputs, _ = built
+    with use_backend(model, "moc", top_k=64, chunking="frame", causal=False, fidelity=True) as handle:
+        run(model, inputs)
+    full = handle.fidelity()
+    assert len(full) == LAYERS[name]
+    for layer, f in full.items():
+        assert f.rel_l2 <= 1e-5 and f.cosine >= 1 - 1e-9 and f.calls >= 1, (layer, f)
+    with use_backend(model, "moc", top_k=1, chunking="frame", causal=False) as handle:
+        plain = run(model, inputs)
+    with use_backend(model, "moc", top_k=1, chunking="frame", causal=False, fidelity=True) as handle:
+        measured = run(model, inputs)
+    assert torch.equal(plain, measured)
+    sparse = handle.fidelity()
+    assert set(sparse) == set(full)
+    for layer, f in sparse.items():
+        assert f.rel_l2 > 1e-4 and f.cosine < 1 - 1e-9, (layer, f)
+
+
+def test_fidelity_pools_every_call_of_a_layer_in_float64():
+    """rel-L2 and cosine of a layer over two forwards equal a float64 computation from the captured q, k, v and
+    outputs of its calls (an independent dense reference); without fidelity=True, fidelity() is an error."""
+    model, inputs = wan()
+    captured = []
+
+    def keep(layer, q, k, v, plan, out):
+        if layer == "blocks.1.attn1":
+            captured.append([t.detach().double() for t in (q, k, v, out)])
+
+    with use_backend(model, "moc", top_k=1, chunking="frame", causal=False, fidelity=True, on_call=keep) as handle:
+        run(model, inputs)
+        run(model, {**inputs, "timestep": torch.tensor([300, 900])})
+    got = handle.fidelity()["blocks.1.attn1"]
+    assert got.calls == len(captured) == 2
+    outs = torch.cat([c[3].flatten() for c in captured])
+    refs = torch.cat([torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1).matmul(v).flatten()
+                      for q, k, v, _ in captured])
+    assert got.rel_l2 == pytest.approx(float((outs - refs).norm() / refs.norm()), rel=1e-5)
+    assert got.cosine == pytest.approx(float(outs @ refs / (outs.norm() * refs.norm())), rel=1e-6)
+    handle.reset_stats()
+    assert handle.fidelity() == {}
+    with use_backend(model, "dense") as handle, pytest.raises(RuntimeError, match="fidelity=True"):
+        handle.fidelity()
+    with pytest.raises(TypeError, match="fidelity must be True or False, got 'yes'"):
+        apply_backend(model, "dense", fidelity="yes")
+
+
 # --------------------------------------------------------------------------- padding
 def test_hunyuan_padded_captions_run_unpadded_per_sample():
     """HunyuanVideo pads captions to one length and masks the padding: each sample runs with its real caption
@@ -254,6 +379,14 @@ def test_multi_shot_layout_over_the_latent_frames():
 def test_unknown_model_error_says_how_to_register():
     with pytest.raises(ValueError, match=r"no mocbench model spec for Linear.*register_model\(ModelSpec"):
         apply_backend(torch.nn.Linear(2, 2), "dense")
+
+
+def test_token_input_models_need_their_grid_arguments():
+    """LTX-Video's input is packed tokens: without num_frames / height / width the layout is unknown, an error
+    naming them (never a guessed layout)."""
+    model, inputs = ltx_video()
+    with use_backend(model, "dense"), pytest.raises(ValueError, match=r"no keyword argument\(s\) \['num_frames'\]"):
+        run(model, {k: v for k, v in inputs.items() if k != "num_frames"})
 
 
 def test_register_model_serves_a_new_class(monkeypatch):
@@ -371,59 +504,3 @@ def test_gradients_through_the_backend_match_the_models_own():
         got = grads()
     assert len(got) == len(ref)
     assert max(max_err(a, b) for a, b in zip(got, ref)) <= 1e-6
-
-
-# --------------------------------------------------------------------------- mocbench bench-model
-def test_bench_model_validates_times_and_resumes(tmp_path):
-    """bench-model on a tiny HunyuanVideo architecture with padded captions: one row for the model's own
-    attention and one per backend; dense validated against the model (error ~0), MoC's measured sparsity equals
-    its analytic estimate on this layout shape class; a backend that cannot run here is a failed row with its
-    reason; a second run re-measures nothing."""
-    import json
-
-    import yaml
-
-    from mocbench.bench.store import read_rows
-    from mocbench.integrations.diffusers.bench import load_bench_model_config, run_bench_model
-
-    arch = {"_class_name": "HunyuanVideoTransformer3DModel", "in_channels": 4, "out_channels": 4,
-            "num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 2, "num_single_layers": 1,
-            "num_refiner_layers": 1, "patch_size": 2, "patch_size_t": 1, "text_embed_dim": 8,
-            "pooled_projection_dim": 8, "rope_axes_dim": [2, 2, 4], "guidance_embeds": True}
-    (tmp_path / "tiny.json").write_text(json.dumps(arch))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({
-        "name": "tiny", "model": {"architecture": "tiny.json", "num_layers": 1},
-        "inputs": {"batch": 2, "frames": 3, "height": 8, "width": 8, "text_tokens": 6, "text_valid": [6, 3]},
-        "backends": [{"name": "dense"}, {"name": "moc", "params": {"top_k": 1, "causal": False}},
-                     {"name": "moc", "params": {"impl": "triton"}, "label": "moc-triton"}],
-        "timing": {"warmup": 0, "repeats": 2},
-        "validate": {"frames": 2, "height": 4, "width": 4, "text_tokens": 4}}))
-    cfg = load_bench_model_config(str(tmp_path / "tiny.yaml"))
-    out = tmp_path / "results.csv"
-    rows = {r["label"]: r for r in run_bench_model(cfg, out=str(out), log=lambda m: None)}
-    assert set(rows) == {"diffusers (own attention)", "dense", "moc(top_k=1, causal=False)", "moc-triton"}
-    own, dense, moc = rows["diffusers (own attention)"], rows["dense"], rows["moc(top_k=1, causal=False)"]
-    assert own["status"] == dense["status"] == moc["status"] == "ok"
-    assert dense["validation_model_err"] <= dense["validation_tol"] and dense["validation_max_err"] <= 1e-5
-    assert moc["validation_max_err"] <= moc["validation_tol"]
-    assert dense["attention_layers"] == moc["attention_layers"] == 2  # one dual- and one single-stream block
-    assert dense["sparsity"] == 0.0 < moc["sparsity"] < 1.0
-    assert all(r["model_ms"] > 0 and r["repeats"] == 2 for r in (own, dense, moc))
-    assert moc["routing_ms"] >= 0 and moc["attention_ms"] > 0
-    assert rows["moc-triton"]["status"] == "failed" and "triton" in rows["moc-triton"]["reason"]
-    assert len(read_rows(out)) == 4
-    assert run_bench_model(cfg, out=str(out), log=lambda m: None) == []  # resumed: everything is done
-
-
-def test_bench_model_config_errors_name_the_key(tmp_path):
-    from mocbench.config import ConfigError
-    from mocbench.integrations.diffusers.bench import load_bench_model_config
-
-    with pytest.raises(ConfigError, match="model.architecture: .*nope.json' does not exist"):
-        load_bench_model_config(None, ["model.architecture=nope.json"])
-    (tmp_path / "a.json").write_text('{"_class_name": "WanTransformer3DModel"}')
-    with pytest.raises(ConfigError, match="inputs.dtype must be one of"):
-        load_bench_model_config(None, [f"model.architecture={tmp_path / 'a.json'}", "inputs.dtype=float8"])
-    with pytest.raises(ConfigError, match=r"backends.0: .*top_k must be >= 0, got -1"):
-        load_bench_model_config(None, [f"model.architecture={tmp_path / 'a.json'}",
-                                       "backends=[{name: moc, params: {top_k: -1}}]"])

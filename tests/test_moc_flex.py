@@ -118,3 +118,40 @@ def test_flex_on_cuda_matches_float64_reference(dtype, head_dim):
     assert (out.double() - ref).abs().max().item() <= b.tolerance[dtype]
     out.float().square().sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("tile", [8, 16])
+def test_flex_tile_routing_on_the_block_grid_has_only_full_blocks(tile):
+    """Tile routing with captions, frames and tiles on the 8-block grid: every routed block lies in one chunk
+    routed by all queries of its q-block, so every active block is full (mask_mod never runs), and the
+    output still equals the reference."""
+    lay = mocbench.TokenLayout.multi_shot(text_tokens=[8, 8, 8], frames=[2, 3, 2], tokens_per_frame=16)
+    b = mocbench.get_backend("moc", impl="flex", top_k=2, chunking="frame", routing="tile", tile=tile)
+    q, k, v = (torch.randn(2, 2, lay.num_tokens, 8, generator=torch.Generator().manual_seed(tile)) for _ in range(3))
+    plan = b.prepare(q, k, lay)
+    partial, full = block_sets(build_block_mask(plan, block=8))
+    assert not partial.any() and full.any()
+    pat = moc_mask(plan).view(2, 2, lay.num_tokens // 8, 8, lay.num_tokens // 8, 8)
+    assert torch.equal(full, pat.any(3).any(-1)) and bool(pat.all(3).all(-1)[full].all())
+    torch.testing.assert_close(IMPLS["flex"].forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_block_mask_with_tile_routing_covers_pattern_exactly(seed):
+    """Random (mostly misaligned) layouts with tile routing: active = blocks with pairs, full only where every
+    pair is attended -- including blocks declared full from routing."""
+    lay, params, block = random_case(500 + seed)
+    params.update(routing="tile", tile=random.Random(seed).choice((2, 4, 8, 16)), top_k=max(1, params["top_k"]))
+    b = mocbench.get_backend("moc", impl="flex", **params)
+    q, k = (torch.randn(2, 2, lay.num_tokens, 8, generator=torch.Generator().manual_seed(seed)) for _ in range(2))
+    plan = b.prepare(q, k, lay)
+    partial, full = block_sets(build_block_mask(plan, block=block))
+    L, QB = lay.num_tokens, -(-lay.num_tokens // block)
+    pat = torch.zeros(2, 2, QB * block, QB * block, dtype=torch.bool)
+    pat[..., :L, :L] = moc_mask(plan)
+    inside = torch.ones_like(pat)
+    inside[..., :L, :L] = pat[..., :L, :L]
+    assert not (partial & full).any()
+    assert torch.equal(partial | full, pat.view(2, 2, QB, block, QB, block).any(3).any(-1))
+    assert (full <= inside.view(2, 2, QB, block, QB, block).all(3).all(-1)).all()

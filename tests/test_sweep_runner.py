@@ -121,34 +121,46 @@ def test_real_bench_stage(tmp_path):
     assert r["bench_status"] == "ok" and float(r["bench_total_ms"]) > 0
 
 
-def test_parallel_path_merges_worker_rows(tmp_path, monkeypatch):
-    """The several-GPU path, with the worker processes replaced by in-process worker runs."""
-    import torch
+def test_local_launcher_keeps_one_job_process_per_gpu(tmp_path, monkeypatch):
+    """The local launcher with several CUDA devices: one job process per device at a time (replaced here by
+    in-process runs of the job process's entry point, device ids mapped through CUDA_VISIBLE_DEVICES); the
+    jobs write the store, each cell runs once; a job process that dies is named with its unfinished cell,
+    which the next run finishes."""
+    from types import SimpleNamespace
 
-    from mocbench.sweep import runner
+    import sweep_fakes
+
+    from mocbench.sweep.launchers import local
 
     cfg = _cfg(tmp_path)
-    calls: list[str] = []
     started = []
 
     class FakePopen:
+        crash_job = "5"
+
         def __init__(self, cmd, env):
-            i, n = (int(x) for x in cmd[cmd.index("--worker") + 1].split("/"))
-            started.append((i, n, env["CUDA_VISIBLE_DEVICES"]))
-            runner.run_sweep(cfg, progress=False, worker=(i, n), stage_fns={"bench": _fake(calls, fail_key=2)})
+            assert cmd[1:3] == ["-m", "mocbench.sweep.launchers.local"]
+            started.append(env["CUDA_VISIBLE_DEVICES"])
+            self.returncode = -9 if cmd[4] == self.crash_job else local.main(cmd[3:])
 
         def poll(self):
-            return 0
+            return self.returncode
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(runner.subprocess, "Popen", FakePopen)
-    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
-    store = runner.run_sweep(cfg, progress=False, argv=["cfg.yaml"])
-    assert started == [(0, 2, "0"), (1, 2, "1")]
-    assert len(calls) == 6 and len(set(calls)) == 6  # each cell ran once, on one worker
-    assert len(store) == 6 and sum(r["status"] == "failed" for r in store.rows.values()) == 2
-    assert len(ResultStore(tmp_path / "out" / "results.csv")) == 6
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(local, "_cuda_devices", lambda: 2)
+    monkeypatch.setattr(local, "subprocess", SimpleNamespace(Popen=FakePopen))
+    monkeypatch.setattr(local.time, "sleep", lambda s: None)
+    lines: list[str] = []
+    store = run_sweep(cfg, progress=False, stage_fns={"bench": sweep_fakes.bench}, log=lines.append)
+    assert sorted(started) == ["2", "2", "2", "3", "3", "3"]  # 6 one-cell jobs, both devices used
+    calls = (tmp_path / "out" / "calls.log").read_text().split()
+    assert len(calls) == 5 and len(set(calls)) == 5  # each cell ran once, but the crashed job's
+    assert len(store) == 5 and all(r["status"] == "ok" for r in store.rows.values())
+    assert any("exited with code -9 without finishing 1 cell(s) (top_k=2,causal=False)" in s for s in lines), lines
+    assert not list((tmp_path / "out" / "launcher").glob("*.pkl"))  # the job list is removed afterwards
+    FakePopen.crash_job = None
+    store = run_sweep(cfg, progress=False, stage_fns={"bench": sweep_fakes.bench})
+    assert len(store) == 6 and len((tmp_path / "out" / "calls.log").read_text().split()) == 6
 
 
 def test_cells_measured_in_another_environment_run_again_unless_reused(tmp_path):
@@ -176,3 +188,15 @@ def test_cells_measured_in_another_environment_run_again_unless_reused(tmp_path)
     run_sweep(cfg, progress=False, stage_fns={"bench": _fake(again)}, log=lines.append)
     assert sorted(again) == sorted(calls) and "re-measuring 6 row(s)" in lines[0]
     assert all(r["env_device"] != "Another GPU" for r in ResultStore(path).rows.values())
+
+
+def test_the_sweeps_threads_do_not_outlive_it(tmp_path):
+    """``threads:`` applies while the sweep runs (its rows record it), not to the process afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    cfg = _cfg(tmp_path)
+    cfg.threads = 1 if before != 1 else 2
+    store = run_sweep(cfg, progress=False, stage_fns={"bench": _fake([])})
+    assert {r["env_threads"] for r in store.rows.values()} == {str(cfg.threads)}
+    assert torch.get_num_threads() == before

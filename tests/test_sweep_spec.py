@@ -88,4 +88,4 @@ def test_sample_without_train_is_an_error(tmp_path):
 def test_key_is_a_hash_of_the_resolved_config():
     cfg = SweepConfig()
     (a,) = expand(cfg)
-    assert a.key == cell_key(a.config) and len(a.key) == 12
+    assert a.key == cell_key(a.config) and len(a.key) == 16

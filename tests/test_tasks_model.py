@@ -49,14 +49,15 @@ def test_every_attention_layer_calls_the_backend_with_the_interleaved_layout():
     x, t, ids = _inputs()
     out = model(x, t, ids)
     assert out.shape == x.shape
-    expected = mocbench.TokenLayout.multi_shot(text_tokens=[5] * 3, frames=[2] * 3, tokens_per_frame=4)
+    expected = mocbench.TokenLayout.multi_shot(text_tokens=[5] * 3, frames=[2] * 3, tokens_per_frame=4, frame_shape=(2, 2))
     assert spy.layouts == [expected] * SHAPE.model.depth
     assert [s.kind for s in expected.segments] == ["text", "video"] * 3
 
 
 def test_single_shot_layout_and_caption_free_stream():
     model = VideoDiT(SHAPE, "dense")
-    assert model.layout_for(1, 2, 8, 8, 5) == mocbench.TokenLayout.single_shot(text_tokens=5, frames=2, tokens_per_frame=4)
+    assert model.layout_for(1, 2, 8, 8, 5) == mocbench.TokenLayout.single_shot(text_tokens=5, frames=2, tokens_per_frame=4,
+                                                                                 frame_shape=(2, 2))
     x, t, _ = _inputs(S=1)
     assert model(x, t, torch.zeros(2, 1, 0, dtype=torch.long)).shape == x.shape
 

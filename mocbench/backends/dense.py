@@ -39,6 +39,12 @@ class DenseBackend(AttentionBackend):
         L = layout.num_tokens
         return AttentionStats(batch, heads, L, head_dim, batch * heads * L * L)
 
+    def plan_block_density(self, plan: Plan, block_shape) -> float:
+        return 1.0  # every block holds attended pairs
+
+    def estimate_block_density(self, layout, block_shape) -> float:
+        return 1.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class SDPAParams:

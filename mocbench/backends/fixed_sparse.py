@@ -7,8 +7,8 @@
 * ``strided``       text anchor + own chunk + every ``stride``-th chunk of the stream
                     (chunks ``0, stride, 2*stride, ...`` under ``chunking``)
 
-Their pair counts are exact closed forms over the layout (no L x L tensor), so measured and
-analytic statistics coincide; the tests check both against the materialised mask. Their
+Their pair counts and block densities (moc-spec §10) are exact closed forms over the layout (no L x L
+tensor), so measured and analytic statistics coincide; the tests check both against the materialised mask. Their
 ``forward`` is **masked dense attention**: SDPA with the ``(L, L)`` boolean pattern, the exact
 reference at small and medium sizes. Their timings measure that, not a sparse kernel; bench configs
 label them "(masked dense)" where speed is compared.
@@ -22,8 +22,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from mocbench.anchors import anchor_blocks, anchor_mask, query_classes
 from mocbench.backend import AttentionBackend, Plan
-from mocbench.anchors import anchor_mask, query_classes
+from mocbench.blocks import banded_density, grid_shape, key_columns, presence, related_blocks
 from mocbench.chunking import ChunkRule
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
@@ -56,6 +57,20 @@ class StaticPatternBackend(AttentionBackend):
 
     def plan_stats(self, plan: Plan) -> AttentionStats:
         return self.estimate(plan.layout, head_dim=plan.head_dim, batch=plan.batch, heads=plan.heads)
+
+    def block_grid(self, layout: TokenLayout, block_shape: tuple[int, int],
+                   rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """(QB, KB) bool: the ``bq x bk`` blocks holding an attended pair, from runs (no L x L tensor);
+        ``rows=(q0, q1)``: only that band of query blocks."""
+        raise NotImplementedError
+
+    def plan_block_density(self, plan: Plan, block_shape: tuple[int, int]) -> float:
+        return self.estimate_block_density(plan.layout, block_shape)
+
+    def estimate_block_density(self, layout: TokenLayout, block_shape: tuple[int, int]) -> float:
+        """Exact: the pattern depends on the layout alone (moc-spec §10); built band by band."""
+        return banded_density(lambda q0, q1: self.block_grid(layout, block_shape, rows=(q0, q1)),
+                              grid_shape(layout.num_tokens, block_shape))
 
     def estimate(self, layout, *, head_dim, batch=1, heads=1) -> AttentionStats:
         L = layout.num_tokens
@@ -101,6 +116,9 @@ class ShotLocal(StaticPatternBackend):
         s = self._classes(layout)
         return int((s.class_size * s.anchor_size).sum())
 
+    def block_grid(self, layout, block_shape, rows=None):
+        return anchor_blocks(layout, self._classes(layout), block_shape, rows=rows)
+
 
 @dataclass(frozen=True, kw_only=True)
 class FrameWindowParams:
@@ -120,7 +138,7 @@ class FrameWindow(StaticPatternBackend):
 
     def key_mask(self, layout):
         w, ta = self.params.window, self.params.text_anchor
-        is_text = layout.modality == 0
+        is_text = layout.is_text
         shot, frame, seg = layout.shot_id, layout.frame_id.to(torch.int32), layout.segment_id
         video_q, video_k = ~is_text[:, None], ~is_text[None, :]
         diff = frame[:, None] - frame[None, :]  # (L, L) int32, made absolute in place: 4 bytes a pair, not 16
@@ -133,6 +151,29 @@ class FrameWindow(StaticPatternBackend):
         if ta:
             mask |= is_text[None, :]
         return mask
+
+    def block_grid(self, layout, block_shape, rows=None):
+        """Frames (and captions) as groups: video frame a relates to frame b of its shot within the window
+        (a sparse list of related pairs, never frames x frames), a caption to itself, and under the text
+        anchor every query to every key block holding a caption token."""
+        ct = layout.chunks("frame")
+        first = ct.order
+        text, shot, frame = ct.is_text, layout.shot_id[first], layout.frame_id[first]
+        C, w = ct.num_chunks, self.params.window
+        video = torch.nonzero(~text).flatten()
+        pairs = [torch.stack([torch.nonzero(text).flatten()] * 2, dim=1)]
+        for d in range(-w, w + 1):  # frame chunks of a shot are consecutive in chunk order
+            b = video + d
+            ok = (b >= 0) & (b < C)
+            a, b = video[ok], b[ok]
+            keep = ~text[b] & (shot[a] == shot[b]) & ((frame[a] - frame[b]).abs() <= w)
+            pairs.append(torch.stack([a[keep], b[keep]], dim=1))
+        grid = _runs_grid(layout, ct, block_shape, torch.cat(pairs), rows=rows)
+        if self.params.text_anchor:
+            start, stop = _run_bounds(ct)
+            caption = text[ct.piece_chunk]
+            grid |= key_columns(start[caption], stop[caption], block_shape[1], grid.shape[1])[None, :]
+        return grid
 
     def pairs_per_head(self, layout):
         w, ta = self.params.window, self.params.text_anchor
@@ -175,8 +216,19 @@ class Strided(StaticPatternBackend):
         cid = ct.chunk_id
         mask = (cid[:, None] == cid[None, :]) | (cid % self.params.stride == 0)[None, :]
         if self.params.text_anchor:
-            mask |= (layout.modality == 0)[None, :]
+            mask |= layout.is_text[None, :]
         return mask
+
+    def block_grid(self, layout, block_shape, rows=None):
+        """Own chunk, plus every key block holding a strided chunk's (or, with the text anchor, a caption's) token."""
+        ct = layout.chunks(self.params.chunking)
+        grid = _runs_grid(layout, ct, block_shape, None, rows=rows)
+        start, stop = _run_bounds(ct)
+        everyone = ct.piece_chunk % self.params.stride == 0
+        if self.params.text_anchor:
+            everyone |= ct.is_text[ct.piece_chunk]
+        KB = grid.shape[1]
+        return grid | key_columns(start[everyone], stop[everyone], block_shape[1], KB)[None, :]
 
     def pairs_per_head(self, layout):
         ct = layout.chunks(self.params.chunking)
@@ -188,3 +240,19 @@ class Strided(StaticPatternBackend):
         base = (layout.num_text_tokens if ta else 0) + int(extra[strided].sum())
         per_class = base + torch.where(strided, 0, extra)  # own chunk, unless already strided
         return int((ct.sizes * per_class).sum())
+
+
+def _run_bounds(ct) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, stop) of every run of the chunk table (runs in stream order)."""
+    stop = torch.cumsum(ct.piece_len, 0)
+    return stop - ct.piece_len, stop
+
+
+def _runs_grid(layout: TokenLayout, ct, block_shape: tuple[int, int], relation: torch.Tensor | None,
+               rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """(QB, KB) bool: query and key blocks meeting chunks that ``relation`` relates (a (C, C) bool matrix or
+    (n, 2) related chunk pairs; None: the same chunk); ``rows``: a band of query blocks."""
+    start, stop = _run_bounds(ct)
+    return related_blocks(presence(start, stop, ct.piece_chunk, block_shape[0]),
+                          presence(start, stop, ct.piece_chunk, block_shape[1]),
+                          grid_shape(layout.num_tokens, block_shape), relation, rows=rows)

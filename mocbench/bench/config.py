@@ -30,10 +30,10 @@ from mocbench.config import (
     BackendConfig,
     ConfigError,
     LayoutConfig,
-    _plain,
     config_errors,
     load_config,
     parse_overrides,
+    plain,
     stable_hash,
 )
 from mocbench.layout import TokenLayout
@@ -63,6 +63,7 @@ class WorkloadConfig:
     tokens_per_frame: int = 64
     text_tokens: int = 16  # caption tokens per shot (or the one global caption)
     text_placement: str = "interleaved"
+    frame_shape: list[int] | None = None  # [h, w] patch grid of a frame (h * w = tokens_per_frame); spatial families
     batch: int = 1
     heads: int = 2
     head_dim: int = 64
@@ -140,10 +141,12 @@ class Cell:
     device: str
     pass_: str
     key: str
+    frame_shape: tuple[int, int] | None = None
 
     def layout(self) -> TokenLayout:
         return LayoutConfig(shots=self.shots, frames=self.frames, tokens_per_frame=self.tokens_per_frame,
-                            text_tokens=self.text_tokens, text_placement=self.text_placement).build()
+                            text_tokens=self.text_tokens, text_placement=self.text_placement,
+                            frame_shape=None if self.frame_shape is None else list(self.frame_shape)).build()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -167,7 +170,7 @@ def check_config(cfg: BenchConfig) -> None:
         raise ConfigError("workloads must list at least one workload")
     for i, b in enumerate(cfg.backends):
         try:
-            get_backend(b.name, **_plain(b.params))
+            get_backend(b.name, **plain(b.params))
         except (KeyError, ValueError, TypeError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             raise ConfigError(f"backends[{i}] ({b.name}): {msg}") from None
@@ -198,7 +201,8 @@ def check_config(cfg: BenchConfig) -> None:
             raise ConfigError(f"{at}.text_tokens must be >= 0, got {w.text_tokens}")
         try:
             LayoutConfig(shots=w.shots[0], frames=w.frames[0], tokens_per_frame=w.tokens_per_frame,
-                         text_tokens=w.text_tokens, text_placement=w.text_placement).build()
+                         text_tokens=w.text_tokens, text_placement=w.text_placement,
+                         frame_shape=plain(w.frame_shape)).build()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{at}: {exc}") from None
     if cfg.threads is not None and cfg.threads < 1:
@@ -250,7 +254,7 @@ def reference_entry(cfg: BenchConfig) -> BackendEntry | None:
 
 
 def entry_label(b: BackendEntry) -> str:
-    return b.label or get_backend(b.name, **_plain(b.params)).label
+    return b.label or get_backend(b.name, **plain(b.params)).label
 
 
 def expand_cells(cfg: BenchConfig) -> list[Cell]:
@@ -264,10 +268,12 @@ def expand_cells(cfg: BenchConfig) -> list[Cell]:
             for shots in w.shots:
                 for pass_ in w.passes:
                     for b in cfg.backends:
-                        params = dict(_plain(b.params))
+                        params = dict(plain(b.params))
                         shape = dict(workload=w.name, shots=shots, frames=frames, tokens_per_frame=w.tokens_per_frame,
                                      text_tokens=w.text_tokens, text_placement=w.text_placement, batch=w.batch,
                                      heads=w.heads, head_dim=w.head_dim, dtype=w.dtype, device=w.device, pass_=pass_)
+                        if w.frame_shape is not None:  # only then part of the key: older stores keep theirs
+                            shape["frame_shape"] = tuple(plain(w.frame_shape))
                         key = stable_hash({"backend": b.name, "params": params, **shape, **settings})
                         cells.append(Cell(backend=b.name, params=params, label=entry_label(b), key=key, **shape))
     return cells

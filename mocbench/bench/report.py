@@ -26,8 +26,8 @@ TABLES = {
     "flops": ("FLOPs per layer: measured vs analytic, and sparsity", tables.flops_table),
     "scaling": ("Scaling: log-log slope of total latency vs shots and vs tokens (1 = linear, 2 = quadratic)",
                 tables.scaling_table),
-    "model": ("Real video models (bench-model): full transformer forward per backend (median, IQR) and speed-up vs "
-              "the model's own attention; full-depth figures are extrapolated from per-block cost, not measured",
+    "model": (("Real video models (bench-model): full transformer forward per backend (median, IQR) and speed-up "
+               "vs the model's own attention; full-depth figures are extrapolated from per-block cost, not measured"),
               tables.model_table),
     "status": ("Skipped and failed cells with their reasons", tables.status_table),
 }

@@ -28,7 +28,8 @@ from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore
 from mocbench.bench.timing import peak_memory_mb, time_call, time_pair
 from mocbench.bench.validate import small_layout, validate_backend
-from mocbench.config import _plain
+from mocbench.blocks import DEFAULT_BLOCK_SHAPE
+from mocbench.config import plain
 from mocbench.registry import get_backend
 
 
@@ -129,7 +130,8 @@ def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
             v = cfg.validate
             small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens,
                                  cell.text_placement, max_frames=v.max_frames,
-                                 max_tokens_per_frame=v.max_tokens_per_frame, max_text_tokens=v.max_text_tokens)
+                                 max_tokens_per_frame=v.max_tokens_per_frame, max_text_tokens=v.max_text_tokens,
+                                 frame_shape=cell.frame_shape)
             check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype,
                                      device=cell.device, heads=v.heads, seed=v.seed, grads=cell.pass_ == "fwd+bwd")
             row.update(validation_max_err=check.max_abs_err, validation_tol=check.tolerance)
@@ -154,7 +156,7 @@ def _paired_reference(cfg: BenchConfig, cell: Cell) -> AttentionBackend | None:
     entry = reference_entry(cfg) if cfg.timing.paired_reference else None
     if entry is None or cell.label == cfg.reference:
         return None
-    return get_backend(entry.name, **_plain(entry.params))
+    return get_backend(entry.name, **plain(entry.params))
 
 
 def _finish(row: dict, status: str, reason: str) -> dict:
@@ -174,16 +176,20 @@ def _measure(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -> dict:
     shape = (cell.batch, cell.heads, layout.num_tokens, cell.head_dim)
     q, k, v = (torch.randn(shape, generator=gen).to(device=device, dtype=cell.torch_dtype) for _ in range(3))
 
-    stats = backend.stats(q, k, layout)
-    est = backend.estimate(layout, head_dim=cell.head_dim, batch=cell.batch, heads=cell.heads)
+    # block density (moc-spec §10) on the 128 x 128 grid of flash-style kernels; analytic None: depends on routing
+    stats = backend.stats(q, k, layout, block_shape=DEFAULT_BLOCK_SHAPE)
+    est = backend.estimate(layout, head_dim=cell.head_dim, batch=cell.batch, heads=cell.heads,
+                           block_shape=DEFAULT_BLOCK_SHAPE)
     backward = cell.pass_ == "fwd+bwd"
     timed_flops = stats.total_flops + (stats.backward_attention_flops if backward else 0)
     out = {
-        "pairs": stats.pairs, "sparsity": stats.sparsity, "num_chunks": stats.num_chunks,
+        "pairs": stats.pairs, "sparsity": stats.sparsity, "block_density": stats.block_density,
+        "num_chunks": stats.num_chunks,
         "attention_flops": stats.attention_flops, "routing_flops": stats.routing_flops,
         "pooling_flops": stats.pooling_flops,
         "total_flops": stats.total_flops, "dense_flops": stats.dense_flops,
-        "est_pairs": est.pairs, "est_sparsity": est.sparsity, "est_attention_flops": est.attention_flops,
+        "est_pairs": est.pairs, "est_sparsity": est.sparsity, "est_block_density": est.block_density,
+        "est_attention_flops": est.attention_flops,
         "est_total_flops": est.total_flops, "timed_flops": timed_flops,
     }
 

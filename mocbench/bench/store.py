@@ -38,9 +38,9 @@ COLUMNS = (
     "prepare_ms", "prepare_iqr_ms", "forward_ms", "forward_iqr_ms", "total_ms", "total_iqr_ms",
     "repeats", "inner", "peak_mem_mb", "mem_method", "est_mem_gib",
     "paired_reference_ms", "paired_reference_iqr_ms", "paired_speedup", "paired_speedup_iqr",
-    "pairs", "sparsity", "num_chunks", "attention_flops", "routing_flops", "pooling_flops", "total_flops",
+    "pairs", "sparsity", "block_density", "num_chunks", "attention_flops", "routing_flops", "pooling_flops", "total_flops",
     "dense_flops",
-    "est_pairs", "est_sparsity", "est_attention_flops", "est_total_flops", "timed_flops", "tflops",
+    "est_pairs", "est_sparsity", "est_block_density", "est_attention_flops", "est_total_flops", "timed_flops", "tflops",
     "finished_at",
 )
 FINISHED = ("ok", "skipped", "failed")

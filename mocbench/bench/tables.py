@@ -92,11 +92,16 @@ def flops_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = _ok_sorted(df)
     ok = ok[ok["pass"] == ok["pass"].iloc[0]] if not ok.empty else ok  # FLOPs do not depend on the pass
     cols = {"workload": "workload", "shots": "shots", "tokens": "tokens", "label": "backend",
-            "num_chunks": "chunks", "sparsity": "sparsity", "est_sparsity": "sparsity (analytic)",
+            "num_chunks": "chunks", "sparsity": "sparsity the method asks for",
+            "block_sparsity": "block sparsity a block-sparse kernel can use",
+            "est_sparsity": "sparsity (analytic)",
             "attention_flops": "attn FLOPs", "routing_flops": "routing FLOPs", "total_flops": "total FLOPs",
             "est_total_flops": "total FLOPs (analytic)", "flops_ratio": "measured/analytic",
             "pooling_flops": "pooling FLOPs",
             "dense_over_total": "dense/total"}
+    # 1 - block density on 128 x 128 blocks (moc-spec §10); empty for rows written before it was measured
+    density = ok["block_density"] if "block_density" in ok.columns else pd.Series(math.nan, index=ok.index)
+    ok = ok.assign(block_sparsity=1 - pd.to_numeric(density, errors="coerce"))
     return ok.drop_duplicates(["workload", "shots", "frames", "tokens", "label", "batch", "heads", "head_dim"])[
         list(cols)].rename(columns=cols).reset_index(drop=True)
 
@@ -145,7 +150,8 @@ def is_model_row(df: pd.DataFrame) -> pd.Series:
 
 def model_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ok bench-model backend row: full forward ms (median, IQR), speed-up vs the model's own
-    attention timed in the same run (‡ when the two rows come from different environments), attention and
+    attention timed in the same run (the median and IQR of per-round ratios where the row has them, else the
+    ratio of medians; ‡ when the two rows come from different environments), attention and
     routing ms per forward, sparsity, per-layer fidelity (worst rel-L2, lowest cosine vs dense attention),
     and full-depth forward ms and speed-up *extrapolated* from per-block cost (reduced-depth runs only)."""
     ok = df[is_model_row(df) & (df["status"] == "ok")]
@@ -160,6 +166,8 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
         ref = own.loc[r["config_name"]] if r["config_name"] in own.index else None
         cross = ref is not None and any(str(r[c]) != str(ref[c]) for c in env_cols)
         speed = ref["model_ms"] / r["model_ms"] if ref is not None else math.nan
+        paired = pd.notna(r["paired_speedup"]) and not cross
+        speed = r["paired_speedup"] if paired else speed
         full_speed = ref["extrapolated_model_ms"] / r["extrapolated_model_ms"] if ref is not None else math.nan
         n, total = layers.get(r["config_name"], math.nan), r["full_depth_layers"]
         rows.append({
@@ -167,6 +175,7 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
             "device": r["device"], "layers": f"{n:.0f} of {total:.0f}" if pd.notna(n) and pd.notna(total) else "-",
             "backend": r["label"], "sparsity": r["sparsity"], "forward ms": r["model_ms"], "IQR": r["model_iqr_ms"],
             "speed-up": (f"{speed:.2f}x" + (f" {CROSS_ENV_MARK}" if cross else "")) if pd.notna(speed) else "-",
+            "speed-up IQR": r["paired_speedup_iqr"] if paired else math.nan,
             "attention ms": r["attention_ms"], "routing ms": r["routing_ms"],
             "fidelity rel-L2 (max)": r["fidelity_rel_l2_max"], "fidelity cos (min)": r["fidelity_cos_min"],
             "full-depth ms (extrapolated)": r["extrapolated_model_ms"],
@@ -176,7 +185,8 @@ def model_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _MODEL_NUMBERS = ("sparsity", "model_ms", "model_iqr_ms", "attention_ms", "routing_ms", "attention_layers",
-                  "full_depth_layers", "fidelity_rel_l2_max", "fidelity_cos_min", "extrapolated_model_ms")
+                  "full_depth_layers", "fidelity_rel_l2_max", "fidelity_cos_min", "extrapolated_model_ms",
+                  "paired_speedup", "paired_speedup_iqr")
 
 
 # ----------------------------------------------------------------------------- writers

@@ -3,8 +3,9 @@
 Sparse backends do not equal dense attention, so each backend is checked against *its own*
 pattern: ``backend.attention_pattern(q, k, layout)`` on a shrunken copy of the cell's layout
 (same number of shots and caption placement, few frames and tokens), turned into an exact
-float64 masked softmax. The backend's output in the cell's dtype and device must agree
-within ``backend.capabilities.tolerances[dtype]`` (max abs error). For cells that time the
+float64 masked softmax, or the backend's own ``float64_reference(q, k, v, layout)`` when it defines
+one (a function that is not a masked softmax, e.g. VSA's fine + coarse sum). The backend's output in the
+cell's dtype and device must agree within ``backend.capabilities.tolerances[dtype]`` (max abs error). For cells that time the
 backward pass (``grads=True``), dq, dk, dv for a random output gradient must also agree with the
 float64 reference's autograd within ``GRAD_TOL_FACTOR`` times that tolerance (gradients sum more
 rounding than outputs).
@@ -59,11 +60,19 @@ def masked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern_
 
 
 def small_layout(shots: int, frames: int, tokens_per_frame: int, text_tokens: int, text_placement: str, *,
-                 max_frames: int, max_tokens_per_frame: int, max_text_tokens: int) -> TokenLayout:
-    """The cell's layout shrunk for validation; the shot structure is kept."""
+                 max_frames: int, max_tokens_per_frame: int, max_text_tokens: int,
+                 frame_shape: tuple[int, int] | None = None) -> TokenLayout:
+    """The cell's layout shrunk for validation; the shot structure is kept, and a frame geometry stays a
+    geometry (at most 2 rows, then as many columns as ``max_tokens_per_frame`` allows)."""
+    shape = None
+    if frame_shape is not None:
+        h = min(frame_shape[0], 2, max_tokens_per_frame)
+        shape = [h, min(frame_shape[1], max(1, max_tokens_per_frame // h))]
+        tokens_per_frame = shape[0] * shape[1]
     return LayoutConfig(shots=shots, frames=min(frames, max_frames),
                         tokens_per_frame=min(tokens_per_frame, max_tokens_per_frame),
-                        text_tokens=min(text_tokens, max_text_tokens), text_placement=text_placement).build()
+                        text_tokens=min(text_tokens, max_text_tokens), text_placement=text_placement,
+                        frame_shape=shape).build()
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -82,16 +91,18 @@ def validate_backend(backend: AttentionBackend, layout: TokenLayout, *, head_dim
     with torch.no_grad():
         pattern = backend.attention_pattern(q, k, layout)
     tol = backend.capabilities.tolerances.get(dtype, 0.0)
+    own_reference = getattr(backend, "float64_reference", None)
     if not grads:
         with torch.no_grad():
             out = backend(q, k, v, layout)
-        return Validation(_max_err(out, masked_reference(q, k, v, pattern)), tol, layout.num_tokens)
+            ref = own_reference(q, k, v, layout) if own_reference else masked_reference(q, k, v, pattern)
+        return Validation(_max_err(out, ref), tol, layout.num_tokens)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_() for t in (q, k, v))
     dout = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device)
     out = backend(q, k, v, layout)
     grads_out = torch.autograd.grad(out, (q, k, v), dout.to(dtype))
-    ref_out = _reference_with_grad(q64, k64, v64, pattern)
+    ref_out = own_reference(q64, k64, v64, layout) if own_reference else _reference_with_grad(q64, k64, v64, pattern)
     grads_ref = torch.autograd.grad(ref_out, (q64, k64, v64), dout)
     grad_err = max(_max_err(a, b) for a, b in zip(grads_out, grads_ref))
     return Validation(_max_err(out.detach(), ref_out.detach()), tol, layout.num_tokens, grad_err)

@@ -1,4 +1,4 @@
-"""``mocbench sweep CONFIG [key=value ...] [--dry-run]``: run (or list) an ablation sweep."""
+"""``mocbench sweep CONFIG [key=value ...] [--launcher local|submitit] [--dry-run]``: run, submit or list a sweep."""
 
 from __future__ import annotations
 
@@ -7,66 +7,93 @@ import json
 
 from mocbench.config import add_config_arguments
 from mocbench.errors import check_output_dir
+from mocbench.sweep.launchers import LAUNCHERS
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from mocbench.sweep.spec import expand, load_sweep
+    from mocbench.sweep.spec import load_sweep
 
     console = Console()
     cfg = load_sweep(args.config, args.overrides)
-    cells = expand(cfg)
     if args.dry_run:
-        return _dry_run(cfg, cells, console, args.json)
+        return _dry_run(cfg, args, console)
     check_output_dir(cfg.out_path, "out_dir")
     if cfg.results_dir:
         check_output_dir(cfg.results_dir, "results_dir")
     from mocbench.sweep.report import write_sweep_report
     from mocbench.sweep.runner import run_sweep
+    from mocbench.sweep.spec import expand
 
-    worker = tuple(int(x) for x in args.worker.split("/")) if args.worker else None
-    argv = [args.config, *args.overrides] if args.config else list(args.overrides)
-    store = run_sweep(cfg, retry_failed=args.retry_failed, reuse_foreign=args.reuse_foreign,
-                      progress=not args.no_progress, worker=worker, argv=argv,
+    store = run_sweep(cfg, launcher=args.launcher, wait=not args.no_wait, retry_failed=args.retry_failed,
+                      reuse_foreign=args.reuse_foreign, progress=not args.no_progress,
                       log=lambda m: console.print(m, highlight=False, markup=False))
-    if worker is not None:
-        return 0
-    rows = list(store.rows.values())
+    cells = expand(cfg)
+    rows = [store.rows[c.key] for c in cells if store.done(c.key)]
     failed = [r for r in rows if r.get("status") == "failed"]
-    console.print(f"{len(rows)} cells in {store.path}: {len(rows) - len(failed)} ok, {len(failed)} failed",
-                  highlight=False)
+    pending = len(cells) - len(rows)
+    console.print(f"{len(rows)} of {len(cells)} cells in {store.path}: {len(rows) - len(failed)} ok, {len(failed)} failed"
+                  + (f", {pending} not finished" if pending else ""), highlight=False)
     for r in failed:
         console.print(f"  [red]failed[/] {r.get('label')}: {r.get('reason')}", highlight=False)
+    if args.no_wait:
+        if pending:
+            console.print("jobs are queued or running; re-run the same command without --no-wait to follow them "
+                          "and write the report", highlight=False)
+        return 0
     if not args.no_report:
         written = write_sweep_report(cfg)
         console.print("wrote " + ", ".join(map(str, written)), highlight=False)
-    return 1 if failed and args.strict else 0
+    return 1 if (failed or pending) and args.strict else 0
 
 
-def _dry_run(cfg, cells, console, as_json: bool) -> int:
+def _dry_run(cfg, args, console) -> int:
     from rich.table import Table
 
+    from mocbench.bench.store import ResultStore
     from mocbench.sweep.estimate import cell_estimate
+    from mocbench.sweep.launchers import make_launcher
+    from mocbench.sweep.runner import plan_sweep
+    from mocbench.sweep.spec import expand
 
+    cells = expand(cfg)
+    launcher = make_launcher(args.launcher, cfg)
+    plan = plan_sweep(cfg, cells, ResultStore(f"{cfg.out_path}/results.csv"), launcher,
+                      retry_failed=args.retry_failed, reuse_foreign=args.reuse_foreign)
+    job_of = {c.key: job.name for job in plan.jobs for c in job.cells}
     rows = []
     for c in cells:
         est = cell_estimate(c)
         rows.append({"key": c.key, "ablations": ",".join(c.ablations), "cell": c.label, "backend": c.config.backend.name,
-                     "stages": "+".join(c.config.stages), **est})
-    if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+                     "stages": "+".join(c.config.stages), "state": plan.state[c.key], "job": job_of.get(c.key, "-"),
+                     **est})
+    resources = launcher.resources()
+    jobs = [{"job": job.name, "cells": len(job.cells), "labels": ", ".join(c.label for c in job.cells),
+             "waits_for": plan.waits.get(job.name) or "", "launcher": args.launcher, "resources": resources}
+            for job in plan.jobs]
+    if args.json:
+        print(json.dumps({"cells": rows, "jobs": jobs}, indent=2, default=str))
         return 0
+    for line in plan.notices:
+        console.print(line, highlight=False, markup=False)
     stages = sorted({"+".join(c.config.stages) for c in cells})
     table = Table(title=f"sweep {cfg.name}: {len(cells)} cells, stages {', '.join(stages)}; analytic attention "
                         f"cost per forward (all layers) on the task layout and per call on the bench layout")
-    cols = ["key", "ablations", "cell", "tokens", "est_sparsity", "est_attn_gflops", "bench_tokens",
+    cols = ["key", "ablations", "cell", "state", "tokens", "est_sparsity", "est_attn_gflops", "bench_tokens",
             "bench_est_sparsity", "bench_est_gflops"]
     for col in cols:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols))
     console.print(table)
+    jt = Table(title=f"{len(jobs)} job(s) to {'submit' if args.launcher == 'submitit' else 'run'} with --launcher "
+                     f"{args.launcher} (group_by: {cfg.launcher.group_by})")
+    for col in ("job", "cells", "labels", "waits for (shared training)", "resources"):
+        jt.add_column(col, overflow="fold")
+    for j in jobs:
+        jt.add_row(j["job"], str(j["cells"]), j["labels"], j["waits_for"] or "-", j["resources"])
+    console.print(jt)
     return 0
 
 
@@ -76,18 +103,28 @@ def add_subcommands(sub) -> None:
         description="Run a sweep (see configs/sweep/): a base cell config plus grid (cartesian) and zip (parallel) "
                     "axes over dotted keys, optionally per named ablation. Each cell runs its stages (train, "
                     "finetune, sample, eval, bench) and writes one row into OUT/results.csv; a re-run finishes "
-                    "only what is missing. Example: mocbench sweep configs/sweep/ablation_cpu.yaml --dry-run",
+                    "only what is missing. Cells are grouped into jobs (launcher.group_by) that run here "
+                    "(--launcher local) or as submitit jobs on SLURM (--launcher submitit, resources from the "
+                    "launcher: section). Example: mocbench sweep configs/sweep/ablation_cpu.yaml --dry-run",
     )
     add_config_arguments(p, "YAML sweep config",
                          overrides_help="key=value overrides of the sweep config (OmegaConf dotlist)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their analytic cost; run nothing")
-    p.add_argument("--json", action="store_true", help="with --dry-run: JSON instead of a table")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local: on this machine (one process per GPU with several); submitit: each sweep job "
+                        "(launcher.group_by) a submitit job (launcher.cluster: slurm, or local/debug to try it "
+                        "out); needs mocbench[cluster]")
+    p.add_argument("--no-wait", action="store_true",
+                   help="with --launcher submitit: return once the jobs are submitted (re-run the command to "
+                        "follow them, resubmit what did not finish and write the report)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells (analytic cost, done / to run / held by a queued job) and the jobs that "
+                        "would run, with their resources; run nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: JSON ({cells, jobs}) instead of tables")
     p.add_argument("--retry-failed", action="store_true", help="re-run cells whose row says failed")
     p.add_argument("--reuse-foreign", action="store_true",
                    help="keep finished cells measured in another environment (code, device, torch or threads "
                         "differ) instead of running them again")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.add_argument("--no-report", action="store_true", help="do not write tables/figures at the end")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any cell failed")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # i/n: one GPU worker process (internal)
+    p.add_argument("--strict", action="store_true", help="exit 1 if any cell failed or did not finish")
     p.set_defaults(func=cmd_sweep)

@@ -1,31 +1,34 @@
-"""Run a sweep: every cell's stages in order, one result row per cell, resumable.
+"""Run a sweep: plan which cells still need a run, group them into jobs, hand those to a launcher.
 
-Sequential on CPU (and on one GPU). With several CUDA devices the parent starts one worker
-process per device (``CUDA_VISIBLE_DEVICES=i``, cells ``i::n``); workers write each cell's row to
-``OUT/cells/<key>/row.json`` and the parent merges them into the store as they appear.
-
-Resume: the store (``OUT/results.csv``, a :class:`~mocbench.bench.store.ResultStore`) holds one
-row per finished cell (``ok`` or ``failed`` with the error); finished stages of unfinished cells
-have done-markers, so after a SIGKILL a re-run skips finished cells and stages and resumes
-training from ``last.ckpt``. A failing cell is recorded and the sweep goes on.
+A cell runs its stages in order and yields one result row (:func:`run_cell`). Planning
+(:func:`plan_sweep`) is the same for every launcher (:mod:`mocbench.sweep.launchers`): a cell runs
+unless the store (``OUT/results.csv``) has its finished row (the resume policy of
+:mod:`mocbench.bench.resume`: ``--retry-failed``, rows from another environment) or a job in the job
+registry (``OUT/jobs.json``) still holds it; the rest are grouped into jobs (:mod:`mocbench.sweep.jobs`),
+which write their rows into the store themselves. Finished stages of unfinished cells have done-markers,
+so after a SIGKILL (of this process or of a job) a re-run skips finished cells and stages and resumes
+training from ``last.ckpt``. A failing cell is recorded and the sweep goes on. Planning and submission
+hold ``OUT/.lock``, so two concurrent ``mocbench sweep`` calls never start the same cell twice.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import subprocess
-import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from mocbench.bench.env import COMPARABLE
 from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore, atomic_write_text
+from mocbench.errors import ConfigError
+from mocbench.sweep.jobs import SweepJob, make_jobs, waits_for
+from mocbench.sweep.launchers import Launcher, make_launcher
+from mocbench.sweep.launchers.job_registry import JobRegistry, active_jobs
+from mocbench.sweep.progress import Progress
 from mocbench.sweep.spec import STAGES, SweepCell, SweepConfig, expand
-from mocbench.sweep.stages import STAGE_FNS, Context
+from mocbench.sweep.stages import STAGE_FNS, Context, locked
 
 
 def base_row(cell: SweepCell, name: str) -> dict:
@@ -93,58 +96,58 @@ def _finish(row: dict, cdir: Path, t0: float) -> dict:
     return row
 
 
-class _Display:
-    """Rich live progress: cells done / running / failed and an ETA (or plain log lines)."""
-
-    def __init__(self, enabled: bool, total: int, done: int, failed: int):
-        self.done, self.failed, self.running, self.total = done, failed, 0, total
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-            self.task = self.bar.add_task("", total=total, completed=done)
-        self.note = ""
-        self.update()
-
-    def __enter__(self):
-        if self.bar:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.__exit__(*exc)
-
-    def update(self, note: str | None = None, advance: int = 0) -> None:
-        self.note = self.note if note is None else note
-        if self.bar:
-            desc = (f"sweep: done {self.done} | running {self.running} | failed {self.failed} "
-                    f"of {self.total}  {self.note}")
-            self.bar.update(self.task, description=desc[:110], advance=advance)
-
-    def log(self, msg: str) -> None:
-        if self.bar:
-            self.bar.console.print(msg, highlight=False, markup=False)
-            self.update(note=msg[-60:])
+@dataclass
+class SweepPlan:
+    cells: list[SweepCell]
+    state: dict[str, str]  # key -> "done" | "to run" | "in job <id> (<STATE>)"
+    jobs: list[SweepJob]  # the cells to run, grouped
+    waits: dict[str, str | None]  # job name -> the job running the pending training it shares (jobs.waits_for)
+    notices: list[str]  # one line per group of finished rows measured in another environment
 
 
-def run_sweep(cfg: SweepConfig, *, retry_failed: bool = False, reuse_foreign: bool = False, progress: bool = True,
-              stage_fns: dict | None = None, worker: tuple[int, int] | None = None, argv: list[str] | None = None,
+def plan_sweep(cfg: SweepConfig, cells: list[SweepCell], store: ResultStore, launcher: Launcher, *,
+               retry_failed: bool = False, reuse_foreign: bool = False, stage_fns: dict | None = None) -> SweepPlan:
+    """Which cells run, in which jobs (reads the store and the job registry; changes nothing).
+
+    A finished row is compared with this process's environment in the fields the launcher's jobs share
+    with it (``launcher.comparable``): all of them locally, code and torch for jobs on a cluster."""
+    policy = ResumePolicy(retry_failed=retry_failed, reuse_foreign=reuse_foreign)
+    registry = JobRegistry(cfg.out_path)
+    active = active_jobs(registry) if registry.path.is_file() else []
+    held = {key: f"job {e['job_id']} ({state})" for e, state in active for key in e["keys"]}
+    env = {k: v for k, v in _environment().items() if k in launcher.comparable}
+    if cfg.threads is not None and "env_threads" in env:  # what the jobs will run with
+        env["env_threads"] = str(cfg.threads)
+    notices = foreign_notices(store, [c.key for c in cells if c.key not in held], policy, lambda key: env)
+    unfinished = [c for c in cells if needs_run(store, c.key, policy, env)]
+    todo = [c for c in unfinished if c.key not in held]  # a job still queued or running will run the others
+    state = {c.key: "done" for c in cells}
+    state.update({c.key: f"in {held[c.key]}" if c.key in held else "to run" for c in unfinished})
+    jobs = make_jobs(todo, out=cfg.out_path, sweep_name=cfg.name, threads=cfg.threads,
+                     group_by=cfg.launcher.group_by, rows=store.rows, stage_fns=stage_fns)
+    waits = waits_for(jobs, cfg.out_path, {e["training"]: e["job_id"] for e, _ in active if e.get("training")})
+    return SweepPlan(cells, state, jobs, waits, notices)
+
+
+def run_sweep(cfg: SweepConfig, *, launcher: str = "local", wait: bool = True, retry_failed: bool = False,
+              reuse_foreign: bool = False, progress: bool = True, stage_fns: dict | None = None,
               log=print) -> ResultStore:
-    """Run every unfinished cell of ``cfg``; returns the store (``OUT/results.csv``).
+    """Run (or submit) every unfinished cell of ``cfg``; returns the store (``OUT/results.csv``).
 
-    A finished row measured in another environment (code, device, torch or threads; see
-    :mod:`mocbench.bench.resume`) is run again with its own stage markers cleared, unless
-    ``reuse_foreign``; shared training runs (``OUT/train``, ``OUT/finetune``) are reused either way."""
+    ``launcher``: ``local`` or ``submitit`` (:mod:`mocbench.sweep.launchers`). ``wait=False`` (submitit
+    only) returns once the jobs are submitted. A finished row measured in another environment is run
+    again with its own stage markers cleared, unless ``reuse_foreign``; shared training runs
+    (``OUT/train``, ``OUT/finetune``) are reused either way."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run_sweep(cfg, launcher, wait, retry_failed, reuse_foreign, progress, stage_fns, log)
+    finally:  # the sweep's `threads` (set for planning and in-process jobs) does not outlive it
+        torch.set_num_threads(threads)
+
+
+def _run_sweep(cfg, launcher, wait, retry_failed, reuse_foreign, progress, stage_fns, log) -> ResultStore:
     import torch
 
     cells = expand(cfg)
@@ -152,68 +155,34 @@ def run_sweep(cfg: SweepConfig, *, retry_failed: bool = False, reuse_foreign: bo
     store = ResultStore(out / "results.csv")
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    policy = ResumePolicy(retry_failed=retry_failed, reuse_foreign=reuse_foreign)
-    env = {k: v for k, v in _environment().items() if k in COMPARABLE}
-    for line in foreign_notices(store, [c.key for c in cells], policy, lambda key: env):
-        log(line)
-    todo = [c for c in cells if needs_run(store, c.key, policy, env)]
-    for cell in todo:  # a foreign row's per-cell stages are measured again, not read back from their markers
-        if store.done(cell.key, retry_failed=retry_failed):
-            for marker in (out / "cells" / cell.key / "stages").glob("*.json"):
-                marker.unlink()
-    if worker is not None:  # a GPU worker: its slice, rows into row.json only
-        i, n = worker
-        ctx = Context(out, cfg.name, log=log)
-        for cell in todo[i::n]:
-            run_cell(cell, ctx, stage_fns)
-        return store
-    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    failed = sum(1 for c in cells if store.rows.get(c.key, {}).get("status") == "failed" and c not in todo)
-    with _Display(progress, len(cells), len(cells) - len(todo), failed) as disp:
-        if n_gpu > 1 and argv is not None and len(todo) > 1:  # pragma: no cover (needs several GPUs)
-            _run_parallel(todo, store, out, n_gpu, argv, disp)
-        else:
-            ctx = Context(out, cfg.name, log=disp.log if progress else log)
-            for cell in todo:
-                disp.running = 1
-                disp.update(note=cell.label)
-                row = run_cell(cell, ctx, stage_fns)
-                store.add(row)
-                disp.running = 0
-                disp.done += 1
-                disp.failed += row["status"] == "failed"
-                disp.update(advance=1)
-                if row["status"] == "failed":
-                    (disp.log if progress else log)(f"cell {cell.label} failed: {row['reason']}")
+    launch = make_launcher(launcher, cfg, log=log)
+    if not wait and (launch.name == "local" or cfg.launcher.cluster == "debug"):
+        raise ConfigError("--no-wait needs --launcher submitit with launcher.cluster slurm or local (the local "
+                          "launcher and the debug cluster run the jobs in this process)")
+    with locked(out):  # plan and submit: no other `mocbench sweep` of this out dir in between
+        store.refresh()
+        plan = plan_sweep(cfg, cells, store, launch, retry_failed=retry_failed, reuse_foreign=reuse_foreign,
+                          stage_fns=stage_fns)
+        for line in plan.notices:
+            log(line)
+        for job in plan.jobs:  # a foreign row's stages are measured again, not read back from their markers
+            for cell in job.cells:
+                if store.done(cell.key, retry_failed=retry_failed):
+                    for marker in (out / "cells" / cell.key / "stages").glob("*.json"):
+                        marker.unlink()
+        seen = {k: r.get("finished_at", "") for k, r in store.rows.items()}
+        launch.start(plan.jobs, plan.waits)
+    held = sorted({s for s in plan.state.values() if s.startswith("in job")})
+    if held:
+        n = sum(s.startswith("in job") for s in plan.state.values())
+        log(f"{n} cell(s) held by queued or running jobs, not started again: " + ", ".join(h[3:] for h in held))
+    if wait:
+        done = [k for k, s in plan.state.items() if s == "done"]
+        failed = sum(store.rows[k].get("status") == "failed" for k in done)
+        with Progress(progress, len(cells), len(done), failed, seen, {c.key: c.label for c in cells},
+                      log=log) as prog:
+            notes = launch.wait(prog)
+        for line in notes:
+            log(line)
+    store.refresh()
     return store
-
-
-def _run_parallel(todo, store, out, n_gpu, argv, disp) -> None:  # pragma: no cover (needs several GPUs)
-    """One worker process per CUDA device; merge their row.json files into the store."""
-    procs = []
-    for i in range(n_gpu):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(i)}
-        cmd = [sys.executable, "-c", "import sys; from mocbench.cli import main; sys.exit(main(sys.argv[1:]))", "sweep", *argv, "--worker", f"{i}/{n_gpu}", "--no-progress"]
-        procs.append(subprocess.Popen(cmd, env=env))
-    pending = {c.key: c for c in todo}
-    disp.running = min(n_gpu, len(pending))
-    while pending:
-        for key in list(pending):
-            f = out / "cells" / key / "row.json"
-            if f.is_file():
-                row = json.loads(f.read_text())
-                if row.get("status") in ("ok", "failed"):
-                    store.add(row)
-                    del pending[key]
-                    disp.done += 1
-                    disp.failed += row["status"] == "failed"
-                    disp.update(advance=1)
-        alive = sum(p.poll() is None for p in procs)
-        disp.running = min(alive, len(pending))
-        disp.update()
-        if not alive and pending:
-            for key, cell in pending.items():
-                store.add({**base_row(cell, store.rows.get(key, {}).get("config_name", "")), "status": "failed",
-                           "reason": "worker exited without finishing this cell"})
-            break
-        time.sleep(2)

@@ -9,16 +9,15 @@ cell is a hash of its resolved config, so a cell that appears in two ablations r
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from mocbench.config import BackendConfig, ConfigError, config_errors, load_config
+from mocbench.config import BackendConfig, ConfigError, config_errors, load_config, plain, stable_hash
 from mocbench.errors import require_int
+from mocbench.sweep.launcher_config import LauncherConfig, check_launcher_config
 
 STAGES = ("train", "finetune", "sample", "eval", "bench")
 
@@ -94,6 +93,7 @@ class SweepConfig:
     grid: dict[str, Any] = field(default_factory=dict)
     zip: dict[str, Any] = field(default_factory=dict)
     ablations: dict[str, AblationSpec] = field(default_factory=dict)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)  # jobs: grouping and resources
 
     @property
     def out_path(self) -> str:
@@ -114,18 +114,15 @@ class SweepCell:
 
 def load_sweep(path: str | None, overrides: list[str] | None = None) -> SweepConfig:
     cfg = load_config(SweepConfig, path, overrides)
+    check_launcher_config(cfg.launcher)
     expand(cfg)  # validates everything
     return cfg
 
 
-def _plain(v: Any) -> Any:
-    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-
-
 def _axis_lists(where: str, axes: dict) -> dict[str, list]:
     out = {}
-    for key, values in _flat("", {k: _plain(v) for k, v in axes.items()}).items():  # a.b=[..] overrides nest
-        values = _plain(values)
+    for key, values in _flat("", {k: plain(v) for k, v in axes.items()}).items():  # a.b=[..] overrides nest
+        values = plain(values)
         if not isinstance(values, list):
             raise ConfigError(f"{where}.{key}: an axis must be a list of values, got {values!r}")
         if not values:
@@ -235,8 +232,7 @@ def cell_key(cell: CellConfig) -> str:
     d["eval"]["reference"] = _resolved_params(cell.eval.reference)
     if not d["eval"]["vbench"]:  # fields added later stay out of the hash at their defaults (stable keys)
         del d["eval"]["vbench"]
-    blob = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return stable_hash(d)
 
 
 def expand(cfg: SweepConfig) -> list[SweepCell]:
@@ -245,7 +241,7 @@ def expand(cfg: SweepConfig) -> list[SweepCell]:
     if cfg.ablations:
         for name, ab in cfg.ablations.items():
             pts = _points(f"ablations.{name}.", {**cfg.grid, **ab.grid}, {**cfg.zip, **ab.zip})
-            groups.append((name, {k: _plain(v) for k, v in ab.set.items()}, pts))
+            groups.append((name, {k: plain(v) for k, v in ab.set.items()}, pts))
     else:
         groups.append(("", {}, _points("", cfg.grid, cfg.zip)))
     cells: dict[str, SweepCell] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mocbench.bench.store import atomic_write_text
-from mocbench.config import BackendConfig
+from mocbench.config import BackendConfig, stable_hash
 from mocbench.sweep.spec import SweepCell
 
 # eval-store columns that are bookkeeping, not metrics
@@ -41,7 +40,8 @@ class Context:
 
 
 def short_hash(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """The key of a shared run (training, fine-tuning, reference samples): :func:`mocbench.config.stable_hash`."""
+    return stable_hash(obj)
 
 
 @contextlib.contextmanager
@@ -72,11 +72,16 @@ def backend_overrides(b: BackendConfig) -> list[str]:
     return [f"backend.name={b.name}", *dotlist(b.params, "backend.params.")]
 
 
+def run_dir(kind: str, task_config: str, overrides: list[str]) -> str:
+    """``<kind>/<hash>``: where (under the sweep's out dir) the training run of these settings lives."""
+    return f"{kind}/{short_hash({'task_config': task_config, 'overrides': overrides})}"
+
+
 def _train_run(ctx: Context, kind: str, task_config: str, overrides: list[str]) -> dict:
     from mocbench.tasks.config import load_task_config
     from mocbench.tasks.train import train
 
-    d = ctx.out / kind / short_hash({"task_config": task_config, "overrides": overrides})
+    d = ctx.out / run_dir(kind, task_config, overrides)
     with locked(d):
         done = d / "done.json"
         if done.is_file():
@@ -97,11 +102,24 @@ def task_overrides(cell: SweepCell) -> list[str]:
     return [*dotlist(t.overrides), f"seed={cell.config.seed}"]
 
 
+def _train_overrides(cell: SweepCell) -> list[str]:
+    return [*task_overrides(cell), *backend_overrides(cell.config.train.backend or BackendConfig())]
+
+
+def shared_training(cell: SweepCell) -> str | None:
+    """The training run (``train/<hash>``) the cell's train stage uses; None when it has none
+    (no train stage, or ``train.checkpoint``). Cells with the same one share it (and a sweep job)."""
+    t = cell.config.train
+    if "train" not in cell.config.stages or t.checkpoint:
+        return None
+    return run_dir("train", t.task_config, _train_overrides(cell))
+
+
 def stage_train(cell: SweepCell, ctx: Context) -> dict:
     t = cell.config.train
     if t.checkpoint:
         return {"checkpoint": t.checkpoint}
-    return _train_run(ctx, "train", t.task_config, [*task_overrides(cell), *backend_overrides(t.backend or BackendConfig())])
+    return _train_run(ctx, "train", t.task_config, _train_overrides(cell))
 
 
 def stage_finetune(cell: SweepCell, ctx: Context) -> dict:

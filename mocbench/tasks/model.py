@@ -162,11 +162,11 @@ class VideoDiT(nn.Module):
 
     def layout_for(self, S: int, F_: int, H: int, W: int, T: int) -> TokenLayout:
         """The stream's layout: interleaved ``text_s, video_s`` (single-shot: one caption, one video)."""
-        tpf = (H // self.shape.model.patch_size) * (W // self.shape.model.patch_size)
+        grid = (H // self.shape.model.patch_size, W // self.shape.model.patch_size)  # patch rows x columns
         frames = -(-F_ // self.shape.model.temporal_patch)  # a last partial temporal patch is padded
         if S == 1:
-            return TokenLayout.single_shot(text_tokens=T, frames=frames, tokens_per_frame=tpf)
-        return TokenLayout.multi_shot(text_tokens=[T] * S, frames=[frames] * S, tokens_per_frame=tpf)
+            return TokenLayout.single_shot(text_tokens=T, frames=frames, frame_shape=grid)
+        return TokenLayout.multi_shot(text_tokens=[T] * S, frames=[frames] * S, frame_shape=grid)
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: torch.Tensor, t_b: torch.Tensor, text_bst: torch.Tensor) -> torch.Tensor:

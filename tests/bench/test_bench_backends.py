@@ -16,9 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mocbench.backends.moc.impls import IMPLS
 from mocbench.bench.config import BackendEntry, BenchConfig, WorkloadConfig, expand_cells
 from mocbench.bench.runner import skip_reasons
-from mocbench.backends.moc.impls import IMPLS
 from mocbench.bench.validate import small_layout, validate_backend
 from mocbench.registry import get_backend, list_backends
 
@@ -27,8 +27,8 @@ PARAMS = {"moc": {"top_k": 2, "chunking": "frame"}, "strided": {"stride": 2}}
 CASES = {name: (name, PARAMS.get(name, {})) for name in list_backends()}
 CASES.update({f"moc-{impl}": ("moc", {**PARAMS["moc"], "impl": impl}) for impl in IMPLS if impl != "reference"})
 SHAPES = {  # id -> workload fields; tiny so that --benchmark-disable runs in seconds on a CPU
-    "1shot": dict(shots=[1], frames=[4], tokens_per_frame=16, text_tokens=8, heads=2, head_dim=32),
-    "4shot": dict(shots=[4], frames=[2], tokens_per_frame=16, text_tokens=8, heads=2, head_dim=32),
+    "1shot": dict(shots=[1], frames=[4], tokens_per_frame=16, frame_shape=[4, 4], text_tokens=8, heads=2, head_dim=32),
+    "4shot": dict(shots=[4], frames=[2], tokens_per_frame=16, frame_shape=[4, 4], text_tokens=8, heads=2, head_dim=32),
 }
 DEVICES = [("cpu", "float32")] + ([("cuda", "bfloat16")] if torch.cuda.is_available() else [])
 
@@ -52,7 +52,8 @@ def test_backend_forward(benchmark, case, shape, device, dtype):
         pytest.skip(f"{backend.label}: " + "; ".join(reasons))
 
     small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens, cell.text_placement,
-                         max_frames=3, max_tokens_per_frame=8, max_text_tokens=4)
+                         max_frames=3, max_tokens_per_frame=8, max_text_tokens=4,
+                         frame_shape=cell.frame_shape)
     check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype, device=device)
     assert check.ok, check.message(backend.label, dtype)
 

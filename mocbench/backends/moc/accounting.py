@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.anchors import AnchorStructure, QueryClasses, candidate_totals
+from mocbench.backends.moc.sizes import MoCSizes
 
 
 def measured_pairs(structure: AnchorStructure, selected_bhlk: torch.Tensor) -> int:

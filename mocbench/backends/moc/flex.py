@@ -6,7 +6,10 @@ The block mask is assembled from the plan with ``BlockMask.from_kv_blocks`` (nev
 * anchored pairs per (q-block, kv-block) = (queries of each class in the q-block)
   @ (anchored keys of each class in the kv-block): a block is **full** when every pair in it
   is anchored, **partial** when some are; full blocks skip the mask_mod entirely;
-* routed blocks = (chunks routed by any query of the q-block) @ (chunk -> kv-block incidence).
+* routed blocks = (chunks routed by any query of the q-block) @ (chunk -> kv-block incidence); a routed
+  block is **full** when its keys lie in one chunk that every query of the q-block routed (with tile
+  routing whose tiles and chunks sit on the 128-grid, every routed block), so mask_mod runs only on
+  boundary blocks. The anchor counts and incidences depend on the layout alone and are cached on it.
 
 The per-token ``mask_mod`` then decides exactly, inside partial blocks, whether query i
 attends key j: text anchor, own shot / own chunk, or key's chunk among i's ``K`` routed slots.
@@ -57,7 +60,7 @@ def anchored_block_pairs(layout, structure, block_q: int, block_k: int) -> torch
     ct = structure.chunks
     Q = structure.num_classes
     queries_per_class = _counts(qb, structure.token_class, QB, Q).T.double()  # (QB, Q)
-    is_text = layout.modality == 0
+    is_text = layout.is_text
     text_kb = torch.bincount(kb[is_text], minlength=KB).double()  # (KB,)
     if structure.local_anchor == "shot":
         local = _counts(kb, layout.shot_id, KB, layout.num_shots).double()  # (S, KB)
@@ -73,6 +76,32 @@ def anchored_block_pairs(layout, structure, block_q: int, block_k: int) -> torch
     return queries_per_class @ anchored_keys
 
 
+@dataclass(frozen=True)
+class _LayoutBlocks:
+    """Per-layout block facts (cached on the layout: no per-call host work of O(QB x Q x KB))."""
+
+    anchor_full: torch.Tensor  # (QB, KB) bool: every pair anchored
+    anchor_partial: torch.Tensor  # (QB, KB) bool: some but not all pairs anchored
+    queries: torch.Tensor  # (QB,) queries per q-block
+    incidence: torch.Tensor  # (C, KB) float32: 1 where chunk c has a key in kv-block kb
+    whole_chunk: torch.Tensor  # (KB,) the chunk holding every key of kv-block kb, C where none does
+
+
+def layout_blocks(layout, structure, block: int) -> _LayoutBlocks:
+    key = ("flex_blocks", str(structure.chunks.rule), structure.text_anchor, structure.local_anchor, block)
+    if key not in layout._cache:
+        L, C = layout.num_tokens, structure.num_chunks
+        QB = KB = -(-L // block)
+        pos = torch.arange(L)
+        anchored = anchored_block_pairs(layout, structure, block, block)
+        n_in_block = torch.bincount(pos // block, minlength=QB)
+        full = anchored == (n_in_block[:, None] * n_in_block[None, :]).double()
+        keys = _counts(pos // block, structure.chunks.chunk_id, KB, C)  # (C, KB) keys of chunk c in kb
+        whole = torch.where((keys == n_in_block[None, :]).any(0), keys.argmax(0), C)
+        layout._cache[key] = _LayoutBlocks(full, (anchored > 0) & ~full, n_in_block, (keys > 0).float(), whole)
+    return layout._cache[key]
+
+
 def build_block_mask(plan, block: int = BLOCK) -> BlockMask:
     layout, structure, selected = plan.layout, plan.structure, plan.selected
     device = selected.device
@@ -80,29 +109,29 @@ def build_block_mask(plan, block: int = BLOCK) -> BlockMask:
     C = structure.num_chunks
     QB = KB = -(-L // block)
     Lp = QB * block
-    ct = structure.chunks
-    pos = torch.arange(L)
 
-    # Anchors: exact pair counts per block decide full vs partial.
-    anchored = anchored_block_pairs(layout, structure, block, block).to(device)
-    n_in_block = torch.bincount(pos // block, minlength=QB).double().to(device)
-    full = anchored == n_in_block[:, None] * n_in_block[None, :]
-    partial = (anchored > 0) & ~full  # (QB, KB)
+    # Anchors: exact pair counts per block decide full vs partial (per layout, cached).
+    lb = layout_blocks(layout, structure, block)
+    full, partial = lb.anchor_full.to(device), lb.anchor_partial.to(device)  # (QB, KB)
 
-    # Routing: which chunks any query of a q-block routed to, then which kv-blocks they touch.
+    # Routing: how many queries of a q-block routed each chunk, then which kv-blocks the chunks touch.
+    # A kv-block lying inside one chunk that every query of the q-block routed is full (tile routing with
+    # tiles and chunks on the block grid: every routed block), so its mask_mod never runs.
     if K:
         qb = (torch.arange(L, device=device) // block)[None, None, :, None]
-        sel = torch.where(selected < 0, C, selected)
-        hit = torch.zeros(B, H, QB * (C + 1), dtype=torch.float32, device=device)
-        hit.scatter_(-1, (qb * (C + 1) + sel).reshape(B, H, -1), 1.0)
-        hit = hit.view(B, H, QB, C + 1)[..., :C]
-        incidence = torch.zeros(C, KB, dtype=torch.float32)
-        incidence[ct.chunk_id, pos // block] = 1.0
-        routed = (hit @ incidence.to(device)) > 0  # (B, H, QB, KB)
-        partial = partial[None, None] | (routed & ~full)
+        sel = _distinct(torch.where(selected < 0, C, selected), C)
+        count = torch.zeros(B, H, QB * (C + 1), dtype=torch.float32, device=device)
+        count.scatter_add_(-1, (qb * (C + 1) + sel).reshape(B, H, -1), torch.ones(B, H, L * K, device=device))
+        count = count.view(B, H, QB, C + 1)
+        routed = (count[..., :C] > 0).float() @ lb.incidence.to(device) > 0  # (B, H, QB, KB)
+        whole = lb.whole_chunk.to(device)  # C (the empty-slot column) where no chunk holds the whole kv-block
+        by_all = (count.gather(-1, whole.expand(B, H, QB, KB)) == lb.queries.to(device)[:, None].float()) \
+            & (whole < C)  # the kv-block's whole chunk, routed by every query of the q-block
+        full = full[None, None] | (routed & by_all)
+        partial = (partial[None, None] | routed) & ~full
     else:
+        full = full[None, None].expand(B, H, QB, KB)
         partial = partial[None, None].expand(B, H, QB, KB)
-    full = full[None, None].expand(B, H, QB, KB)
 
     def as_blocks(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num = active.sum(-1).to(torch.int32)
@@ -116,10 +145,18 @@ def build_block_mask(plan, block: int = BLOCK) -> BlockMask:
                                     mask_mod=mask_mod, seq_lengths=(L, L))
 
 
+def _distinct(sel: torch.Tensor, empty: int) -> torch.Tensor:
+    """(..., K) chunk ids with repeats within a row replaced by ``empty`` (a hand-made plan may repeat one)."""
+    ordered, _ = sel.sort(dim=-1)
+    repeat = torch.zeros_like(ordered, dtype=torch.bool)
+    repeat[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
+    return ordered.masked_fill(repeat, empty)
+
+
 def _mask_mod(layout, structure, selected, Lp: int):
     device = selected.device
     K = selected.shape[-1]
-    is_text = _pad((layout.modality == 0).to(device), Lp, False) if structure.text_anchor else None
+    is_text = _pad(layout.is_text.to(device), Lp, False) if structure.text_anchor else None
     own = layout.shot_id if structure.local_anchor == "shot" else structure.chunks.chunk_id
     own = _pad(own.to(device), Lp, -1)
     chunk = _pad(structure.chunks.chunk_id.to(device), Lp, -2)  # padding never equals a routed id
@@ -170,6 +207,7 @@ def flex_workspace_bytes(s: MoCSizes) -> int:
     device = 2 * grid * 8 + 2 * grid + 2 * bh_grid * (1 + 1 + 1 + 17 + 4) + 2 * bh_grid * (4 + 8)
     if K:
         device += 3 * s.pairs * 8 + s.bh * QB * (C + 1) * 4 + 2 * C * KB * 4 + bh_grid * (4 + 1 + 1 + 1)
+        device += 3 * s.pairs * 8 + s.pairs * 4 + bh_grid * (4 + 1 + 1)  # distinct slots, counts, full test
     device += 3 * QB * BLOCK * 8 + 2 * s.bh * QB * BLOCK * K * 8
     if not s.on_cpu:
         return device + fused_attention_bytes(s.batch, s.heads, L, s.head_dim, s.dtype, requires_grad=s.requires_grad)

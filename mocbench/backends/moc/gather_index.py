@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.anchors import AnchorStructure
+from mocbench.backends.moc.sizes import MoCSizes
 
 # Above this many booleans the (BH, C+1, L) routed-membership map is replaced by a sort.
 _HOT_MAP_MAX = 1 << 27
@@ -47,7 +47,11 @@ class GatherIndex:
     identity_order: bool  # chunks are contiguous and in stream order (token_index is arange)
 
 
-def _anchor_groups(structure: AnchorStructure, shot_id_l: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def anchor_groups(structure: AnchorStructure, shot_id_l: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every anchor group in order, as (query positions, anchor key positions): one per shot
+    (``local_anchor="shot"``: the shot's tokens; keys add the other shots' captions) or one per chunk
+    (``"chunk"``: the chunk's tokens in stream order; keys add every caption). Each token is a query
+    of exactly one group."""
     ct = structure.chunks
     text_l = ct.is_text[ct.chunk_id]
     text_idx = text_l.nonzero().flatten()
@@ -78,7 +82,7 @@ def gather_index(layout, structure: AnchorStructure) -> GatherIndex:
     if key in cache:
         return cache[key]
     by_shape: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
-    for own, keys in _anchor_groups(structure, layout.shot_id):
+    for own, keys in anchor_groups(structure, layout.shot_id):
         by_shape.setdefault((own.numel(), keys.numel()), []).append((own, keys))
     buckets = tuple(AnchorBucket(torch.stack([g[0] for g in gs]), torch.stack([g[1] for g in gs]))
                     for gs in by_shape.values())

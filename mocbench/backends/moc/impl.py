@@ -3,8 +3,12 @@
 An implementation (``impl=`` of the ``moc`` backend) computes moc-spec §5 from a routing plan. It
 declares, in one place and in the same vocabulary as backends (:class:`mocbench.backend.Capabilities`):
 the devices, dtypes and head dims it takes, where it has a backward pass, the Python packages it needs
-and its tolerances; plus, where it has one, an availability check that no declaration can express
-(the C++ kernel must build). :meth:`MoCImpl.not_supported_reasons` explains every refusal.
+and its tolerances; where one device takes less than the others (flash kernels on CUDA: half types
+only), a ``Capabilities`` for that device in ``device_caps``; plus, where it has one, an availability
+check that no declaration can express (the C++ kernel must build). :meth:`MoCImpl.not_supported_reasons`
+explains every refusal. ``variant`` names the kernel an implementation runs on a device where more than
+one can sit behind the same code (``varlen``: torch's FA2, or FA3/FA4 when activated), so result rows
+record it (:meth:`MoCImpl.label`).
 
 Every implementation is entered the same way, through :func:`run_impl`: it checks the tensors against
 the plan, reuses the index structures the plan's ``prepare`` built for this implementation (or builds
@@ -15,7 +19,7 @@ implementation's ``kernel(q, k, v, plan, state, scale) -> out``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,12 +44,26 @@ class MoCImpl:
     # A check beyond the declaration: None when usable, else why not. ``build=False`` must not
     # compile anything (listing backends never compiles); it may answer None for "builds on first use".
     unavailable: Callable[..., str | None] | None = None
+    # What a device takes where it takes less than ``caps`` (its devices stay those of ``caps``)
+    device_caps: dict[str, Capabilities] = field(default_factory=dict)
+    # variant(device type) -> the kernel behind the implementation there (None: nothing to add)
+    variant: Callable[[str], str | None] | None = None
+
+    def caps_for(self, device: torch.device | str | None) -> Capabilities:
+        """The declaration that applies on ``device`` (``caps`` unless ``device_caps`` names its type)."""
+        return self.caps if device is None else self.device_caps.get(torch.device(device).type, self.caps)
+
+    def label(self, device: torch.device | str) -> str:
+        """The name result rows record: ``name``, or ``name(variant)`` when a variant is declared."""
+        extra = self.variant(torch.device(device).type) if self.variant is not None else None
+        return f"{self.name}({extra})" if extra else self.name
 
     def not_supported_reasons(self, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                               head_dim: int | None = None, requires_grad: bool = False,
                               build: bool = True) -> list[str]:
         """Every reason this implementation refuses a call (empty: it runs)."""
-        reasons = self.caps.reasons(device=device, dtype=dtype, head_dim=head_dim, requires_grad=requires_grad)
+        reasons = self.caps_for(device).reasons(device=device, dtype=dtype, head_dim=head_dim,
+                                                requires_grad=requires_grad)
         if self.unavailable is not None and (why := self.unavailable(build=build)) is not None:
             reasons.append(why)
         return [f"impl {self.name!r}: {r}" for r in reasons]
@@ -59,9 +77,11 @@ def run_impl(impl: MoCImpl, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     """The single entry of every implementation: checks, plan state, scale, then ``impl.kernel``."""
     if q.device.type not in impl.caps.devices:
         raise ValueError(f"moc impl {impl.name!r} runs on {', '.join(impl.caps.devices)}, got {q.device}")
-    if q.dtype not in impl.caps.dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in impl.caps.dtypes)
-        raise ValueError(f"moc impl {impl.name!r} takes {names}, got {str(q.dtype).removeprefix('torch.')}")
+    caps = impl.caps_for(q.device)
+    if q.dtype not in caps.dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in caps.dtypes)
+        raise ValueError(f"moc impl {impl.name!r} takes {names} on {q.device.type}, "
+                         f"got {str(q.dtype).removeprefix('torch.')}")
     check_matches_plan(q, k, v, plan)
     if impl.prepare is None:
         state = None

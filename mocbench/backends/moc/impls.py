@@ -22,6 +22,8 @@ from mocbench.backends.moc.gather import gather_kernel, gather_workspace_bytes, 
 from mocbench.backends.moc.impl import MoCImpl
 from mocbench.backends.moc.reference import reference_kernel, reference_workspace_bytes
 from mocbench.backends.moc.triton_impl import prepare_triton, triton_kernel, triton_workspace_bytes
+from mocbench.backends.moc.varlen import prepare_varlen, varlen_kernel, varlen_workspace_bytes
+from mocbench.backends.moc.varlen_kernels import flash_variant
 
 IMPLS: dict[str, MoCImpl] = {impl.name: impl for impl in (
     MoCImpl(name="reference", description="dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory",
@@ -45,11 +47,23 @@ IMPLS: dict[str, MoCImpl] = {impl.name: impl for impl in (
             caps=Capabilities(devices=("cuda",), dtypes=tuple(d for d in FLOAT_DTYPES if d != torch.float64),
                               requires=("triton",)),
             kernel=triton_kernel, prepare=prepare_triton, workspace=triton_workspace_bytes),
+    MoCImpl(name="varlen", description="CUDA: torch's own variable-length flash kernels (FA2; FA3/FA4 when "
+                                       "activated through torch.nn.attention): anchors and per-(head, chunk) "
+                                       "gathered queries as segments, exact LSE merge, flash backward per segment "
+                                       "(no atomics on dk/dv). CPU: the same code on a per-segment stand-in "
+                                       "kernel, exact but slow (tests, rehearsals)",
+            caps=Capabilities(devices=("cuda", "cpu")),
+            device_caps={"cuda": Capabilities(devices=("cuda",), dtypes=(torch.bfloat16, torch.float16),
+                                              max_head_dim=256, head_dim_multiple=8,
+                                              min_compute_capability=(8, 0))},
+            kernel=varlen_kernel, prepare=prepare_varlen, workspace=varlen_workspace_bytes, variant=flash_variant),
 )}
-# What impl="auto" runs, per device type: the fastest exact implementation first.
+# What impl="auto" runs, per device type: the fastest exact implementation first. On CUDA nothing has
+# been measured yet (see measured.py), so varlen, on torch's own flash kernels, is first as the lowest
+# risk; reorder when a GPU has measured the impls.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("fused", "gather", "reference"),
-    "cuda": ("flex", "reference"),
+    "cuda": ("varlen", "flex", "reference"),
 }
 # A line for listings about an implementation's state here (e.g. a kernel not compiled yet).
 NOTES = {"fused": cpu_ext.build_note}

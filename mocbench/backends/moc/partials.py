@@ -10,7 +10,9 @@ gives exactly that partial's share of dq, dk, dv (the flash / ring-attention dec
   flash call per bucket of equal-shaped anchor groups (a shot or a chunk, plus every caption token).
 * :func:`routed_piece` / :func:`routed_piece_bwd`: queries attending one routed chunk, with a key
   mask when the chunk is partly anchored for them (``fixed:m`` chunks spanning two shots).
-* :func:`merge_partial`: folds a partial into running rows; :func:`sorted_kv` / :func:`add_unsorted`:
+* :func:`merge_partial`: folds a partial into running rows; :func:`merge_scattered`: the same merge for
+  every row at once, from one partial per row plus any number of packed partials naming their row
+  (impl ``varlen``); :func:`sorted_kv` / :func:`add_unsorted`:
   keys in chunk-sorted order and gradients back; :func:`apply_in_compute_dtype`: the dtype policy.
 * ``*_bytes``: upper bounds of what these allocate (memory checks; no tensors).
 
@@ -126,6 +128,21 @@ def merge_partial(out_rd, lse_r, rows_n, o_nd, lse_n) -> None:
     lse_r[rows_n] = torch.where(keep, new, lse_old)
 
 
+def merge_scattered(out_rd: torch.Tensor, lse_r: torch.Tensor, o_ed: torch.Tensor, lse_e: torch.Tensor,
+                    rows_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact log-sum-exp merge of one partial per row ``(out_rd (N, D), lse_r (N,))`` with packed
+    partials ``(o_ed (E, D), lse_e (E,))``, partial e belonging to row ``rows_e[e]`` (any number per row,
+    any order). Returns new ``(out (N, D), lse (N,))`` in ``out_rd``'s dtype (the compute dtype); every
+    row's first partial must cover at least one key (finite lse), as MoC's anchors always do."""
+    m_r = lse_r.scatter_reduce(0, rows_e, lse_e, "amax")  # per-row max: exp() below never overflows
+    sum_r = (lse_r - m_r).exp_().index_add_(0, rows_e, (lse_e - m_r[rows_e]).exp_())
+    lse = m_r + sum_r.log_()
+    out = out_rd * (lse_r - lse).exp_()[:, None]
+    w_e = (lse_e - lse[rows_e]).exp_()
+    out.index_add_(0, rows_e, o_ed.to(out.dtype) * w_e[:, None])
+    return out, lse
+
+
 def apply_in_compute_dtype(fn: type[torch.autograd.Function], q, k, v, plan, state, scale: float):
     """Run a CPU impl's autograd function: (output (B, H, L, D) in q's dtype, natural-log log-sum-exp
     (B, H, L) in the compute dtype). float32/float64 run natively; bfloat16/float16 are computed in
@@ -158,6 +175,12 @@ def anchor_backward_bytes(s: MoCSizes) -> int:
     the gathered output gradient, queries, outputs, keys, values, LSE and flash backward's dq, dk, dv."""
     D, f = s.head_dim, s.f
     return 4 * s.rows * D * f + 4 * s.bh * s.anchor_keys * D * f + s.rows * f
+
+
+def merge_scattered_bytes(rows: int, pairs: int, head_dim: int, f: int) -> int:
+    """:func:`merge_scattered` in compute type ``f`` bytes: per-row max, sum and log-sum-exp, the new
+    output rows, per-pair gathered maxima, weights and weighted partials (E, D)."""
+    return 4 * rows * f + rows * head_dim * f + 4 * pairs * f + pairs * head_dim * f
 
 
 def partial_piece_bytes(s: MoCSizes) -> int:

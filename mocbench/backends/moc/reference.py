@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mocbench.anchors import anchor_mask
 from mocbench.backends.moc.routing import selected_to_chunk_mask
 from mocbench.backends.moc.sizes import MoCSizes
-from mocbench.anchors import anchor_mask
 from mocbench.workspace import sdpa_bytes
 
 

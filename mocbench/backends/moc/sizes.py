@@ -37,6 +37,7 @@ class MoCSizes:
     partial_chunks: bool  # a routed chunk can be partly anchored (fixed:m across shots, shot anchor)
     reordered: bool  # chunks are not contiguous in the stream (fixed:m): CPU impls copy k, v chunk-sorted
     threads: int  # CPU threads (per-thread buffers of the C++ kernels)
+    tiles: int = 0  # T query tiles per (batch, head) with tile routing (moc-spec §9); 0: per-token routing
 
     @property
     def bh(self) -> int:
@@ -67,7 +68,7 @@ class MoCSizes:
 
 
 def moc_sizes(classes: QueryClasses, *, top_k: int, causal: bool, batch: int, heads: int, head_dim: int,
-              dtype: torch.dtype, device: str, requires_grad: bool) -> MoCSizes:
+              dtype: torch.dtype, device: str, requires_grad: bool, tiles: int = 0) -> MoCSizes:
     ct = classes.chunks
     S, C, L = ct.num_shots, ct.num_chunks, int(ct.sizes.sum())
     n_cand, _ = candidate_totals(classes, causal=causal)
@@ -82,4 +83,4 @@ def moc_sizes(classes: QueryClasses, *, top_k: int, causal: bool, batch: int, he
     partial = classes.local_anchor == "shot" and bool((spans & eligible).any())
     return MoCSizes(batch, heads, L, head_dim, dtype, str(device), requires_grad, C, classes.num_classes, S, slots,
                     anchor_keys, int(ct.sizes.max()) if C else 0, partial, not ct.rule.content_aligned,
-                    torch.get_num_threads())
+                    torch.get_num_threads(), tiles)

@@ -1,190 +1,134 @@
 """``mocbench bench-model``: a real diffusers transformer, each backend validated then timed, rows into the store.
 
-YAML shape (see configs/models/*.yaml)::
+Per config (:mod:`.bench_config`): the transformer is built with random weights directly in the target
+dtype on the target device (architecture only; :func:`.models.build_transformer`), or loaded from a
+local folder (``--weights``, :mod:`.weights`). Then, per backend:
 
-    name: cogvideox_cpu
-    model: {architecture: cogvideox_5b.json, num_layers: 2}    # relative to the YAML file's folder
-    inputs: {batch: 1, frames: 13, height: 16, width: 24, text_tokens: 226, dtype: float32, device: cpu}
-    backends:
-      - {name: dense}
-      - {name: moc, params: {top_k: 2, chunking: frame, causal: false}}
-    timing: {warmup: 1, repeats: 3}
+1. **resume**: a row already in the store, measured in this environment, is kept (the store's policy,
+   :mod:`mocbench.bench.resume`: ``--retry-failed``, ``--retry-skipped``, ``--reuse-foreign``);
+2. **skip**: a backend that cannot run here (device, dtype, head dim, missing package) is a ``skipped``
+   row with every reason, as in ``mocbench bench``;
+3. **validate** on the same weights at a shrunken input (``validate.*``): every layer call against its
+   own pattern's float64 masked softmax (``attention_pattern`` + the harness's ``masked_reference``),
+   and a backend that attends every pair there (``dense``, MoC with full coverage) against the model's
+   own attention on the whole transformer output; a mismatch is a ``failed`` row;
+4. **time** the full forward for the model's own attention (backend ``diffusers``) and every validated
+   backend, round-robin (``timing.warmup`` rounds, then ``timing.repeats`` timed rounds, the order
+   rotating each round, so drifting machine load hits every backend alike), each forward timed by
+   :func:`mocbench.bench.timing.time_call` (CUDA events after an L2 flush on CUDA); median and IQR, and
+   the speed-up vs the model's own attention as the median (IQR) of the per-round ratios (``paired_speedup``).
+   Routing (``prepare``) and attention (``forward``) time per forward, and the share of each block list
+   for full-depth extrapolation (:mod:`.extrapolate`), come from the same forwards on CPU and from extra,
+   synchronised forwards on CUDA;
+5. **fidelity** (``fidelity: true``): one more, untimed forward with per-layer rel-L2 / cosine against
+   the model's dense attention on the same inputs (:mod:`.fidelity`; costs a dense call per layer).
 
-Per config: the transformer is built with random weights (architecture only). Validation runs the
-same weights on a shrunken input (``validate.*``): ``dense`` must reproduce the model's own attention
-on the whole transformer output, and every backend, at every layer call, its own pattern's float64
-masked softmax (``attention_pattern`` + the harness's ``masked_reference``). Then the full forward is
-timed for the model's own attention (backend ``diffusers``) and every validated backend, round-robin
-(``timing.warmup`` rounds, then ``timing.repeats`` timed rounds, the order rotating each round, so a
-machine whose load drifts slows every backend alike); median and IQR per backend. Routing
-(``prepare``) and attention (``forward``) time per forward come from the handle (on CUDA from extra,
-synchronised forwards). One row per (config, backend) goes into the result store; stats are those of
-the plans that ran.
+One row per (config, backend) goes into the result store with the environment columns; stats are those
+of the plans that ran. ``mocbench report`` shows these rows in its model table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import hashlib
 import json
 import statistics
-import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from mocbench.bench.config import DEVICES, DTYPES, BackendEntry, entry_label
-from mocbench.bench.env import environment
+from mocbench.bench.config import DTYPES, entry_label
+from mocbench.bench.env import comparable_environment, environment
+from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
 from mocbench.bench.store import ResultStore
-from mocbench.bench.timing import Timing
+from mocbench.bench.tables import MODEL_REFERENCE
+from mocbench.bench.timing import PairedTiming, Timing, time_call
 from mocbench.bench.validate import masked_reference
-from mocbench.config import ConfigError, _plain, load_config
+from mocbench.config import plain, stable_hash
+from mocbench.errors import ConfigError
 from mocbench.integrations.diffusers.attention import stream_layout
+from mocbench.integrations.diffusers.bench_config import (  # noqa: F401 -- the config API, re-exported
+    OWN_LABEL,
+    BenchModelConfig,
+    ModelTimingConfig,
+    load_bench_model_config,
+)
+from mocbench.integrations.diffusers.extrapolate import BlockClock, extrapolate, full_depth
+from mocbench.integrations.diffusers.fidelity import fidelity_columns
 from mocbench.integrations.diffusers.handle import apply_backend, use_backend
-from mocbench.integrations.diffusers.models import build_transformer, load_architecture, random_inputs
+from mocbench.integrations.diffusers.models import BLOCK_LISTS, build_transformer, load_architecture, random_inputs
 from mocbench.integrations.diffusers.specs import spec_for
+from mocbench.integrations.diffusers.weights import load_transformer, transformer_location
+from mocbench.layout import TokenLayout
 from mocbench.registry import get_backend
+from mocbench.stats import sum_stats
 
-OWN = "diffusers"  # the backend column of the model's own attention
-
-
-@dataclass
-class ModelConfig:
-    """The transformer: an architecture config (JSON) and optional shallower depth."""
-
-    architecture: str = "configs/models/cogvideox_5b.json"  # relative to the YAML file's folder (or absolute)
-    num_layers: int | None = None
-    num_single_layers: int | None = None  # HunyuanVideo's single-stream layers
-    seed: int = 0
+OWN = MODEL_REFERENCE  # the backend column of the model's own attention
 
 
-@dataclass
-class InputConfig:
-    """Latent video (after the VAE, before patching), caption and batch (2 = a classifier-free guidance pair)."""
-
-    batch: int = 1
-    frames: int = 13
-    height: int = 60
-    width: int = 90
-    text_tokens: int = 226
-    text_valid: list[int] | None = None  # real caption tokens per sample (HunyuanVideo, Mochi pad the rest)
-    timestep: int = 500
-    dtype: str = "float32"
-    device: str = "cpu"
-    seed: int = 1
-
-
-@dataclass
-class ModelValidateConfig:
-    """Validation on the same weights at a shrunken latent shape (multiples of the patch sizes)."""
-
-    enabled: bool = True
-    frames: int = 2
-    height: int = 8
-    width: int = 8
-    text_tokens: int = 8
-
-
-@dataclass
-class ModelTimingConfig:
-    """Round-robin timing: warm-up rounds, timed rounds (median and IQR), a time cap per backend."""
-
-    warmup: int = 1
-    repeats: int = 3
-    max_seconds: float = 600.0  # per backend; later rounds are dropped once all backends together exceed it
-
-
-@dataclass
-class BenchModelConfig:
-    """``mocbench bench-model``: one model, every backend validated and timed, one row each."""
-
-    name: str = "bench_model"
-    output: str | None = None  # default runs/<name>/results.csv
-    threads: int | None = None  # CPU: torch.set_num_threads for the run
-    model: ModelConfig = field(default_factory=ModelConfig)
-    inputs: InputConfig = field(default_factory=InputConfig)
-    backends: list[BackendEntry] = field(default_factory=lambda: [BackendEntry()])
-    timing: ModelTimingConfig = field(default_factory=ModelTimingConfig)
-    validate: ModelValidateConfig = field(default_factory=ModelValidateConfig)
-
-    @property
-    def output_path(self) -> str:
-        return self.output or f"runs/{self.name}/results.csv"
-
-
-def load_bench_model_config(path: str | None, overrides: list[str] | None = None) -> BenchModelConfig:
-    """Schema <- YAML <- overrides; ``model.architecture`` resolved against the YAML's folder; then checked."""
-    cfg = load_config(BenchModelConfig, path, overrides)
-    arch = Path(cfg.model.architecture)
-    if not arch.is_absolute() and path is not None:
-        arch = Path(path).parent / arch
-    if not arch.is_file():
-        raise ConfigError(f"model.architecture: {str(arch)!r} does not exist (a path relative to the config file)")
-    cfg.model.architecture = str(arch)
-    _check(cfg)
-    return cfg
-
-
-def _check(cfg: BenchModelConfig) -> None:
-    i = cfg.inputs
-    if i.dtype not in DTYPES:
-        raise ConfigError(f"inputs.dtype must be one of {sorted(DTYPES)}, got {i.dtype!r}")
-    if i.device.split(":")[0] not in DEVICES:
-        raise ConfigError(f"inputs.device must be one of {DEVICES} (optionally cuda:N), got {i.device!r}")
-    for key in ("batch", "frames", "height", "width", "text_tokens"):
-        if getattr(i, key) < 1:
-            raise ConfigError(f"inputs.{key} must be >= 1, got {getattr(i, key)}")
-    for key in ("frames", "height", "width", "text_tokens"):
-        if getattr(cfg.validate, key) < 1:
-            raise ConfigError(f"validate.{key} must be >= 1, got {getattr(cfg.validate, key)}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads must be >= 1 or null, got {cfg.threads}")
-    if not cfg.backends:
-        raise ConfigError("backends must list at least one backend")
-    t = cfg.timing
-    if t.warmup < 0 or t.repeats < 1 or not t.max_seconds > 0:
-        raise ConfigError(f"timing needs warmup >= 0, repeats >= 1, max_seconds > 0; got warmup={t.warmup}, "
-                          f"repeats={t.repeats}, max_seconds={t.max_seconds}")
-    for n, b in enumerate(cfg.backends):
-        try:
-            get_backend(b.name, **_plain(b.params))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"backends.{n}: {exc}") from None
-    labels = [entry_label(b) for b in cfg.backends]
-    if len(set(labels)) != len(labels) or "diffusers (own attention)" in labels:
-        raise ConfigError(f"backends need distinct labels (set `label:`), got {labels}")
-
-
-def run_bench_model(cfg: BenchModelConfig, *, out: str | None = None, retry_failed: bool = False,
+def run_bench_model(cfg: BenchModelConfig, *, out: str | None = None, policy: ResumePolicy | None = None,
                     log=print) -> list[dict]:
-    """Validate and time every backend of ``cfg``; rows are added to the store as they finish."""
+    """Validate and time every backend of ``cfg`` that ``policy`` says needs it; rows are added to the store."""
     store = ResultStore(out or cfg.output_path)
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, store, retry_failed, log)
+        return _run(cfg, store, policy or ResumePolicy(), log)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(cfg: BenchModelConfig, store: ResultStore, retry_failed: bool, log) -> list[dict]:
+def _architecture(cfg: BenchModelConfig) -> tuple[dict, str]:
+    """The architecture dict (the weights' own config with ``--weights``) and the weights' path ("" if random)."""
     arch = load_architecture(cfg.model.architecture)
-    depth = {k: v for k in ("num_layers", "num_single_layers") if (v := getattr(cfg.model, k)) is not None}
+    if cfg.model.weights is None:
+        return arch, ""
+    root, sub, name = transformer_location(cfg.model.weights)
+    stored = load_architecture((root / sub if sub else root) / "config.json")
+    if name != arch["_class_name"]:
+        raise ConfigError(f"--weights {str(root)!r} holds a {name}, but model.architecture "
+                          f"{Path(cfg.model.architecture).name!r} is a {arch['_class_name']}")
+    return stored, str(root.resolve())
+
+
+def _run(cfg: BenchModelConfig, store: ResultStore, policy: ResumePolicy, log) -> list[dict]:
+    arch, weights = _architecture(cfg)
+    depth = cfg.depth
     dtype, device = DTYPES[cfg.inputs.dtype], cfg.inputs.device
-    entries = [(OWN, {}, "diffusers (own attention)")] + [
-        (b.name, _plain(b.params), entry_label(b)) for b in cfg.backends]
-    settings = {"architecture": arch, "depth": depth, "seed": cfg.model.seed, "inputs": asdict(cfg.inputs),
-                "timing": asdict(cfg.timing), "validate": asdict(cfg.validate)}
-    keys = {label: _hash({"backend": name, "params": params, **settings}) for name, params, label in entries}
-    todo = [e for e in entries[1:] if not store.done(keys[e[2]], retry_failed=retry_failed)]
+    entries = [(OWN, {}, OWN_LABEL)] + [(b.name, plain(b.params), entry_label(b)) for b in cfg.backends]
+    settings = {"architecture": arch, "depth": depth, "seed": cfg.model.seed, "weights": weights,
+                "inputs": asdict(cfg.inputs), "timing": asdict(cfg.timing), "validate": asdict(cfg.validate),
+                "fidelity": cfg.fidelity}
+    keys = {label: stable_hash({"backend": name, "params": params, **settings}) for name, params, label in entries}
+    env = comparable_environment(device)
+    for line in foreign_notices(store, [keys[e[2]] for e in entries[1:]], policy, lambda key: env):
+        log(f"{cfg.name}: {line}")
+    todo = [e for e in entries[1:] if needs_run(store, keys[e[2]], policy, env)]
     if not todo:
         log(f"{cfg.name}: every row is in {store.path} already")
         return []
     todo.insert(0, entries[0])  # the model's own attention is re-timed side by side with whatever runs
-    log(f"{cfg.name}: building {arch['_class_name']} ({depth or 'full depth'}) with random weights on {device}")
-    model = build_transformer(arch, depth=depth, seed=cfg.model.seed, dtype=dtype, device=device)
+    base = {"config_name": cfg.name, "model": arch["_class_name"], "architecture": Path(cfg.model.architecture).name,
+            "weights": weights, "model_layers": json.dumps(depth or "full"), "batch": cfg.inputs.batch,
+            "dtype": cfg.inputs.dtype, "device": device, "pass": "fwd", **environment(device)}
+    runs = [_Run({"key": keys[label], "backend": name, "label": label, "params": json.dumps(params, sort_keys=True),
+                  **base}, None if name == OWN else get_backend(name, **params)) for name, params, label in todo]
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        for run in runs:
+            run.row.update(status="skipped", reason="CUDA is not available on this machine")
+            store.add(run.row)
+        log(f"{cfg.name}: skipped: CUDA is not available on this machine")
+        return [r.row for r in runs]
+
+    source = f"weights from {weights}" if weights else "random weights"
+    log(f"{cfg.name}: {arch['_class_name']} ({depth or 'full depth'}), {source}, {cfg.inputs.dtype} on {device}")
+    if weights:
+        model = load_transformer(weights, expect_class=arch["_class_name"], depth=depth, dtype=dtype, device=device)
+    else:
+        model = build_transformer(arch, depth=depth, seed=cfg.model.seed, dtype=dtype, device=device)
     spec = spec_for(model)
     i = cfg.inputs
     inputs = random_inputs(model, batch=i.batch, frames=i.frames, height=i.height, width=i.width,
@@ -193,29 +137,42 @@ def _run(cfg: BenchModelConfig, store: ResultStore, retry_failed: bool, log) -> 
     frames, tokens_per_frame = spec.video_grid(model.config, tuple(inputs["hidden_states"].shape))
     text = 0 if spec.text_placement == "none" else i.text_tokens
     layout = stream_layout(spec.text_placement, 1, frames, tokens_per_frame, text)
-    small = _small_inputs(cfg, model) if cfg.validate.enabled else None
-    base = {"config_name": cfg.name, "workload": spec.name, "model": arch["_class_name"],
-            "architecture": Path(cfg.model.architecture).name, "model_layers": json.dumps(depth or "full"),
-            "shots": 1, "frames": frames, "tokens_per_frame": tokens_per_frame, "text_tokens": text,
-            "text_placement": spec.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
-            "batch": i.batch, "dtype": i.dtype, "device": device, "pass": "fwd", **environment(device)}
-    runs = []
-    for name, params, label in todo:
-        row = {"key": keys[label], "backend": name, "label": label, "params": json.dumps(params, sort_keys=True),
-               **base}
-        runs.append(_Run(row, None if name == OWN else get_backend(name, **params)))
+    valid = Counter(i.text_valid if text and i.text_valid is not None else [text] * i.batch)
+    layouts = [(stream_layout(spec.text_placement, 1, frames, tokens_per_frame, n), count)
+               for n, count in valid.items()]  # padded captions run un-padded: one layout per real length
+    lists = BLOCK_LISTS.get(spec.name, {})
+    full = full_depth(arch, lists)
+    measured = {k: depth.get(k, n) for k, n in full.items()}
+    head_dim = getattr(model.config, "attention_head_dim", None)
     for run in runs:
-        if run.backend is not None:
-            run.row.update(family=run.backend.family, impl=run.backend.implementation(device))
-            if small is not None:
-                log(f"{cfg.name}: validating {run.row['label']} on latent {tuple(small['hidden_states'].shape)}")
-                run.attempt(functools.partial(_validate, model, small, run))
-                run.check_validation()
-    _time_round_robin(model, inputs, [r for r in runs if r.ok], cfg.timing, device,
+        run.row.update(workload=spec.name, shots=1, frames=frames, tokens_per_frame=tokens_per_frame, text_tokens=text,
+                       text_placement=spec.text_placement, tokens=layout.num_tokens, layout=layout.describe(),
+                       full_depth_layers=sum(full.values()) if full else "")
+    small = _small_inputs(cfg, model) if cfg.validate.enabled else None
+    for run in runs:
+        if run.backend is None:
+            continue
+        run.row.update(family=run.backend.family, impl=run.backend.implementation(device))
+        reasons = run.backend.not_supported_reasons(device=torch.device(device), dtype=dtype, head_dim=head_dim,
+                                                    requires_grad=False, layout=layout)
+        if reasons:
+            run.row.update(status="skipped", reason="; ".join(dict.fromkeys(reasons)))
+        elif small is not None:
+            log(f"{cfg.name}: validating {run.row['label']} on latent {tuple(small['hidden_states'].shape)}")
+            run.attempt(functools.partial(_validate, model, small, run))
+            run.check_validation()
+    ready = [r for r in runs if r.ok]
+    _time_round_robin(model, inputs, ready, cfg.timing, device, lists, extrapolating=measured != full,
                       log=lambda m: log(f"{cfg.name}: {m}"))
+    if cfg.fidelity:
+        for run in ready:
+            if run.ok and run.backend is not None:
+                log(f"{cfg.name}: per-layer fidelity of {run.row['label']} (one more forward, not timed)")
+                run.attempt(functools.partial(_fidelity, model, inputs, run))
+    own = runs[0] if runs[0].ok else None
     for run in runs:
         if run.ok:
-            run.attempt(lambda r=run: r.row.update(_result_columns(r, layout, cfg.inputs.batch)))
+            run.attempt(lambda r=run: r.row.update(_result_columns(r, own, layouts, measured, full)))
         store.add(run.row)
     return [r.row for r in runs]
 
@@ -227,13 +184,14 @@ class _Run:
     row: dict
     backend: object | None  # None: the model's own attention
     samples_ms: list[float] = field(default_factory=list)
-    split: list[dict] = field(default_factory=list)  # per timed forward: prepare_s, forward_s
+    split: list[dict] = field(default_factory=list)  # per split forward: prepare_s, forward_s
+    fractions: list[dict] = field(default_factory=list)  # per split forward: share of each block list
     stats: object | None = None
     layers: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.row.get("status") != "failed"
+        return self.row.get("status") not in ("failed", "skipped")
 
     def attempt(self, fn) -> None:
         try:
@@ -250,35 +208,38 @@ class _Run:
             r.update(status="failed", reason=f"validation failed: a layer call differs from the backend's own "
                                              f"float64 reference by {r['validation_max_err']:.3g} > {tol:.3g}")
         elif r.get("validation_model_err", 0.0) > tol:
-            r.update(status="failed", reason=f"validation failed: the model with {self.row['label']} differs from "
-                                             f"its own attention by {r['validation_model_err']:.3g} > {tol:.3g}")
+            r.update(status="failed", reason=f"validation failed: the model with {self.row['label']} (which attends "
+                                             f"every pair there) differs from its own attention by "
+                                             f"{r['validation_model_err']:.3g} > {tol:.3g}")
 
 
-def _time_round_robin(model, inputs, runs: list[_Run], t: ModelTimingConfig, device: str, log) -> None:
+def _time_round_robin(model, inputs, runs: list[_Run], t: ModelTimingConfig, device: str, lists: dict[str, str],
+                      *, extrapolating: bool, log) -> None:
     """Full forwards, one backend after another in rotating order, so drifting load hits all alike.
 
-    Each forward applies the backend (or none: the model's own attention), runs, removes it; on CPU the
-    same forwards also time routing and attention inside the handle (no synchronisation needed), on CUDA
-    that split comes from extra forwards so the timed ones have no per-call synchronisation."""
+    Each forward applies the backend (or none: the model's own attention), runs, removes it. On CPU the
+    timed forwards also record routing / attention time inside the handle and the blocks' share of the
+    forward (no synchronisation needed); on CUDA those come from extra forwards, so the timed ones have
+    no per-call synchronisation."""
     forward = _forward(model, inputs)
     cuda = torch.device(device).type == "cuda"
 
     def once(run: _Run, *, split: bool) -> float:
         handle = None if run.backend is None else apply_backend(model, run.backend, timing=split)
+        clock = BlockClock(model, lists, device) if split else contextlib.nullcontext()
         try:
-            _sync(device)
-            t0 = time.perf_counter()
-            forward()
-            _sync(device)
-            elapsed = time.perf_counter() - t0
+            with clock:
+                ms = time_call(forward, device, warmup=0, repeats=1, l2_flush=t.l2_flush).samples_ms[0]
             if handle is not None:
                 run.stats, run.layers = handle.stats(), len(handle.per_layer())
                 if split:
                     run.split.append(handle.times())
+            if split:
+                run.fractions.append({k: s * 1e3 / ms for k, s in clock.seconds.items()})
         finally:
             if handle is not None:
                 handle.remove()
-        return 1e3 * elapsed
+        return ms
 
     def step(run: _Run, timed: bool) -> None:
         if timed:
@@ -289,43 +250,59 @@ def _time_round_robin(model, inputs, runs: list[_Run], t: ModelTimingConfig, dev
     if not runs:
         return
     log(f"warm-up: {t.warmup} forward(s) per backend, then {t.repeats} round(s) of {len(runs)} timed forwards")
-    start = time.perf_counter()
+    budget = t.max_seconds * len(runs)
     for r in range(t.warmup + t.repeats):
         timed, first = r >= t.warmup, r % len(runs)
         for run in runs[first:] + runs[:first]:
             if run.ok:
                 run.attempt(functools.partial(step, run, timed))
-        if timed and r + 1 < t.warmup + t.repeats and \
-                time.perf_counter() - start > t.max_seconds * len(runs):
+        spent = sum(sum(run.samples_ms) for run in runs) / 1e3
+        if timed and r + 1 < t.warmup + t.repeats and spent > budget:
             log(f"stopping after {r + 1 - t.warmup} timed round(s): timing.max_seconds exceeded")
             break
     if cuda:
         for run in runs:
-            for _ in range(len(run.samples_ms)):
-                if run.ok and run.backend is not None:
-                    run.attempt(lambda x=run: once(x, split=True))
+            if run.backend is not None or extrapolating:
+                for _ in range(len(run.samples_ms)):
+                    if run.ok:
+                        run.attempt(lambda x=run: once(x, split=True))
 
 
-def _result_columns(run: _Run, layout, batch: int) -> dict:
+def _fidelity(model, inputs, run: _Run) -> None:
+    with use_backend(model, run.backend, fidelity=True) as handle:
+        _forward(model, inputs)()
+    run.row.update(fidelity_columns(handle.fidelity()))
+
+
+def _result_columns(run: _Run, own: _Run | None, layouts: list[tuple[TokenLayout, int]], measured: dict[str, int],
+                    full: dict[str, int]) -> dict:
+    """The row's measurements; ``own``: the model's own attention timed in the same rounds (paired speed-up:
+    median and IQR of the per-round ratios); ``layouts``: (stream layout, samples) per caption length."""
     timing = Timing(tuple(run.samples_ms))
     out = {"status": "ok", "model_ms": timing.median_ms, "model_iqr_ms": timing.iqr_ms,
            "repeats": len(run.samples_ms)}
+    if own is not None and own.samples_ms:
+        pair = PairedTiming(Timing(tuple(own.samples_ms)), timing)
+        out.update(paired_speedup=pair.ratio_median, paired_speedup_iqr=pair.ratio_iqr)
+    extrapolated, why = extrapolate(timing.median_ms, run.fractions, measured, full)
+    out.update(extrapolated_model_ms=extrapolated, extrapolation_note=why)
     if run.backend is None:
         return out
     stats = run.stats
-    estimate = run.backend.estimate(layout, head_dim=stats.head_dim, batch=batch, heads=stats.heads)
-    return {**out, "routing_ms": 1e3 * statistics.median(s["prepare_s"] for s in run.split),
-            "attention_ms": 1e3 * statistics.median(s["forward_s"] for s in run.split),
-            "attention_layers": run.layers, "heads": stats.heads, "head_dim": stats.head_dim, "pairs": stats.pairs,
-            "sparsity": stats.sparsity, "num_chunks": stats.num_chunks, "attention_flops": stats.attention_flops,
-            "routing_flops": stats.routing_flops + stats.pooling_flops, "total_flops": stats.total_flops,
-            "dense_flops": stats.dense_flops, "est_pairs": estimate.pairs * run.layers,
-            "est_sparsity": estimate.sparsity, "est_total_flops": estimate.total_flops * run.layers}
-
-
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    estimate = sum_stats([run.backend.estimate(layout, head_dim=stats.head_dim, batch=n, heads=stats.heads)
+                          for layout, n in layouts])
+    routing_ms = 1e3 * statistics.median(s["prepare_s"] for s in run.split)
+    attention_ms = 1e3 * statistics.median(s["forward_s"] for s in run.split)
+    out.update(routing_ms=routing_ms, attention_ms=attention_ms)
+    if extrapolated is not None:
+        scale = sum(full.values()) / run.layers  # one stream attention layer per block, all of one shape
+        out.update(extrapolated_routing_ms=routing_ms * scale, extrapolated_attention_ms=attention_ms * scale)
+    return {**out, "attention_layers": run.layers, "heads": stats.heads, "head_dim": stats.head_dim,
+            "pairs": stats.pairs, "sparsity": stats.sparsity, "num_chunks": stats.num_chunks,
+            "attention_flops": stats.attention_flops, "routing_flops": stats.routing_flops + stats.pooling_flops,
+            "total_flops": stats.total_flops, "dense_flops": stats.dense_flops,
+            "est_pairs": estimate.pairs * run.layers, "est_sparsity": estimate.sparsity,
+            "est_total_flops": estimate.total_flops * run.layers}
 
 
 def _forward(model, inputs):
@@ -346,7 +323,8 @@ def _small_inputs(cfg: BenchModelConfig, model) -> dict:
 
 
 def _validate(model, small: dict, run: _Run) -> None:
-    """Every layer call against its own pattern's float64 masked softmax; ``dense`` also against the model."""
+    """Every layer call against its own pattern's float64 masked softmax; a backend that attends every pair
+    on this input (``dense``, MoC with full coverage) also against the model's own attention, whole output."""
     backend = run.backend
     worst = [0.0]
 
@@ -357,16 +335,12 @@ def _validate(model, small: dict, run: _Run) -> None:
 
     forward = _forward(model, small)
     dtype = small["hidden_states"].dtype
-    result = {"validation_tol": backend.tolerance[dtype]}
-    if backend.family == "dense":
-        own = forward()
-        with use_backend(model, backend):
-            result["validation_model_err"] = float((forward().double() - own.double()).abs().max())
-    with use_backend(model, backend, on_call=check):
-        forward()
-    result["validation_max_err"] = worst[0]
+    with use_backend(model, backend, on_call=check) as handle:
+        got = forward()
+    result = {"validation_tol": backend.tolerance[dtype], "validation_max_err": worst[0]}
+    if backend.family == "dense" or handle.stats().sparsity == 0:
+        result["validation_model_err"] = float((got.double() - forward().double()).abs().max())
     run.row.update(result)
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+

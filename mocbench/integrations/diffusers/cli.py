@@ -1,73 +1,113 @@
-"""``mocbench bench-model CONFIG [key=value ...]``: backends inside a real diffusers video transformer."""
+"""``mocbench bench-model`` and ``mocbench sample-model``: backends inside real diffusers video models."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mocbench.config import add_config_arguments
 
 
-def cmd_bench_model(args: argparse.Namespace) -> int:
+def _console():
     from rich.console import Console
 
+    return Console(width=None if sys.stdout.isatty() else 200)  # tables stay readable in logs
+
+
+def _needs_diffusers(command: str) -> bool:
     from mocbench.backend import dependency_problem
 
-    console = Console(width=None if sys.stdout.isatty() else 150)  # the table stays readable in logs
     missing = dependency_problem("diffusers")
     if missing:
-        console.print(f"error: bench-model needs diffusers ({missing}): pip install -e '.[diffusers]'",
-                      highlight=False, markup=False)
+        print(f"error: {command} needs diffusers ({missing}): pip install -e '.[diffusers]'", file=sys.stderr)
+    return bool(missing)
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    console = _console()
+    if _needs_diffusers("bench-model"):
         return 2
+    from mocbench.bench.resume import ResumePolicy
     from mocbench.integrations.diffusers.bench import load_bench_model_config, run_bench_model
 
-    cfg = load_bench_model_config(args.config, args.overrides)
-    run_bench_model(cfg, out=args.out, retry_failed=args.retry_failed,
-                    log=lambda m: console.print(m, highlight=False, markup=False))
-    _print_table(console, args.out or cfg.output_path, cfg.name)
+    overrides = [*args.overrides, *([f"model.weights={args.weights}"] if args.weights is not None else [])]
+    cfg = load_bench_model_config(args.config, overrides)
+    out = args.out or cfg.output_path
+    policy = ResumePolicy(retry_failed=args.retry_failed, retry_skipped=args.retry_skipped,
+                          reuse_foreign=args.reuse_foreign)
+    run_bench_model(cfg, out=out, policy=policy, log=lambda m: console.print(m, highlight=False, markup=False))
+    _print_table(console, out, cfg.name)
     return 0
 
 
 def _print_table(console, path: str, name: str) -> None:
     from rich.table import Table
 
-    from mocbench.bench.store import read_rows
-    from mocbench.integrations.diffusers.bench import OWN
+    from mocbench.bench.store import load_table
+    from mocbench.bench.tables import fmt, model_table, status_table
 
-    rows = [r for r in read_rows(Path(path)).values() if r.get("config_name") == name]
-    own = next((float(r["model_ms"]) for r in rows if r.get("backend") == OWN and r.get("model_ms")), None)
-    table = Table(title=f"{name}: full transformer forward; speed-up vs the model's own attention ({path})")
-    for col in ("backend", "status", "L", "sparsity", "fwd ms", "IQR", "attn ms", "route ms", "speed-up",
-                "valid. err"):
-        table.add_column(col, justify="left" if col in ("backend", "status") else "right")
-    for r in rows:
-        ms = r.get("model_ms")
-        speed = f"{own / float(ms):.2f}x" if ms and own else ""
-        table.add_row(r.get("label", ""), r.get("status", "") if r.get("status") == "ok" else
-                      f"{r.get('status')}: {r.get('reason', '')[:80]}", r.get("tokens", ""),
-                      _fmt(r.get("sparsity"), "{:.3f}"),
-                      _fmt(ms, "{:.0f}"), _fmt(r.get("model_iqr_ms"), "{:.0f}"),
-                      _fmt(r.get("attention_ms"), "{:.0f}"), _fmt(r.get("routing_ms"), "{:.0f}"), speed,
-                      _fmt(r.get("validation_max_err"), "{:.1e}"))
-    console.print(table)
+    df = load_table(path)
+    df = df[df["config_name"] == name] if "config_name" in df.columns else df.iloc[:0]
+    table = model_table(df)
+    if not table.empty:
+        first = table.iloc[0]
+        shown = Table(title=f"{name}: {first['model']} ({first['dtype']}, {first['device']}), full transformer forward; "
+                            f"speed-up vs the model's own attention ({path})")
+        table = table.drop(columns=["config", "model", "dtype", "device"])
+        for col in table.columns:
+            shown.add_column(col, justify="left" if col == "backend" else "right")
+        for row in table.itertuples(index=False):
+            shown.add_row(*(fmt(v) for v in row))
+        console.print(shown)
+    bad = status_table(df)
+    for row in bad.itertuples(index=False):
+        console.print(f"{row.backend}: {row.status}: {row.reason}", highlight=False, markup=False)
 
 
-def _fmt(text: str | None, pattern: str) -> str:
-    return pattern.format(float(text)) if text not in (None, "", "nan") else ""
+def cmd_sample_model(args: argparse.Namespace) -> int:
+    console = _console()
+    if _needs_diffusers("sample-model"):
+        return 2
+    from mocbench.integrations.diffusers.sample import load_sample_model_config, sample_model
+
+    cfg = load_sample_model_config(args.config, args.overrides)
+    sample_model(cfg, args.weights, args.out, log=lambda m: console.print(m, highlight=False, markup=False))
+    console.print(f"wrote {cfg.count} sample(s) and metadata.json to {args.out}; compare backends with: mocbench eval "
+                  f"{args.out} --reference DENSE_SAMPLES --evaluators fidelity,vbench_proxy", highlight=False)
+    return 0
 
 
 def add_subcommands(sub) -> None:
     p = sub.add_parser(
-        "bench-model", help="time backends inside a real diffusers video transformer (random weights)",
+        "bench-model", help="time backends inside a real diffusers video transformer (random or local weights)",
         description="Build a diffusers video transformer from an architecture config (configs/models/*.json; "
-                    "random weights, nothing downloaded), validate every backend on a shrunken input (dense "
-                    "against the model's own attention, every layer call against its own float64 reference), "
-                    "then time the full forward per backend; one row per backend into the result store. "
+                    "random weights, nothing downloaded) or load it from --weights, validate every backend on a "
+                    "shrunken input (each layer call against its own float64 reference; backends attending every "
+                    "pair also against the model's own attention), time the full forward per backend against the "
+                    "model's own attention, measure per-layer fidelity; one row per backend into the result store. "
                     "Needs the diffusers extra. Example: mocbench bench-model configs/models/cogvideox_cpu.yaml "
                     "model.num_layers=1",
     )
     add_config_arguments(p, "YAML bench-model config (see configs/models/)", optional=False)
     p.add_argument("--out", help="result store CSV (default: the config's output, else runs/NAME/results.csv)")
+    p.add_argument("--weights", metavar="DIR", help="a local diffusers folder (pipeline with transformer/, or a "
+                   "transformer folder) to load instead of random weights; never downloaded")
     p.add_argument("--retry-failed", action="store_true", help="re-measure backends whose row says failed")
+    p.add_argument("--retry-skipped", action="store_true", help="re-measure backends whose row says skipped")
+    p.add_argument("--reuse-foreign", action="store_true",
+                   help="keep finished rows measured in another environment (code, device, torch or threads "
+                        "differ) instead of re-measuring them; reports mark them")
     p.set_defaults(func=cmd_bench_model)
+
+    p = sub.add_parser(
+        "sample-model", help="sample a diffusers video pipeline from local weights with a chosen backend",
+        description="Load a diffusers pipeline from a local folder (--weights; never downloaded), run the chosen "
+                    "backend in its transformer(s) and write sample_XXX.mp4 + metadata.json in the layout "
+                    "`mocbench eval` reads. Example: mocbench sample-model configs/models/sample_cogvideox.yaml "
+                    "--weights ~/CogVideoX-5b --out runs/cogvideox/moc backend.name=moc backend.params.top_k=2 "
+                    "backend.params.causal=false",
+    )
+    add_config_arguments(p, "YAML sample-model config (see configs/models/sample_*.yaml); optional")
+    p.add_argument("--weights", metavar="DIR", required=True, help="local diffusers pipeline folder (model_index.json)")
+    p.add_argument("--out", metavar="DIR", required=True, help="samples folder to write")
+    p.set_defaults(func=cmd_sample_model)

@@ -2,7 +2,10 @@
 
 An architecture config (``configs/models/*.json``) is a diffusers model config: ``"_class_name"`` plus
 the constructor's hyper-parameters (keys starting with ``_`` are notes). :func:`build_transformer`
-builds that class with random weights (seeded; nothing is downloaded), optionally shallower.
+builds that class with random weights (seeded; nothing is downloaded), optionally shallower, directly in
+the target dtype on the target device (never float32 first: CogVideoX-5B would need 20 GB more for that),
+keeping the modules diffusers keeps in float32 (``_keep_in_fp32_modules``) in float32 as ``from_pretrained``
+does. :data:`BLOCK_LISTS` names each built-in model's block lists per depth key (full-depth extrapolation).
 :func:`random_inputs` draws the forward arguments of a built-in model at a given latent shape:
 ``frames, height, width`` are *latent* sizes (after the VAE, before patching), ``text_tokens`` the
 caption length, ``text_valid`` the real caption length per sample (the rest is padding; HunyuanVideo
@@ -21,6 +24,13 @@ import torch
 from mocbench.integrations.diffusers.specs import spec_for
 
 DEPTH_KEYS = ("num_layers", "num_single_layers")  # HunyuanVideo has dual- and single-stream layers
+# per built-in spec: depth key -> the ModuleList of the blocks it counts (each block has one stream self-attention)
+BLOCK_LISTS: dict[str, dict[str, str]] = {
+    "cogvideox": {"num_layers": "transformer_blocks"},
+    "hunyuan_video": {"num_layers": "transformer_blocks", "num_single_layers": "single_transformer_blocks"},
+    "mochi": {"num_layers": "transformer_blocks"},
+    "wan": {"num_layers": "blocks"},
+}
 
 
 def load_architecture(path: str | Path) -> dict[str, Any]:
@@ -39,7 +49,8 @@ def load_architecture(path: str | Path) -> dict[str, Any]:
 
 def build_transformer(arch: dict[str, Any], *, depth: dict[str, int] | None = None, seed: int = 0,
                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """``arch``'s diffusers class with random weights (``torch.manual_seed(seed)``), in eval mode.
+    """``arch``'s diffusers class with random weights (``torch.manual_seed(seed)``; the values depend on the
+    device they are drawn on), created in ``dtype`` on ``device``, in eval mode.
 
     ``depth`` overrides ``num_layers`` / ``num_single_layers`` (shallower models at full width)."""
     import diffusers
@@ -48,17 +59,43 @@ def build_transformer(arch: dict[str, Any], *, depth: dict[str, int] | None = No
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
         raise TypeError(f"'_class_name' {name!r} is not a diffusers model class (diffusers {diffusers.__version__})")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype}")
     kwargs = {k: v for k, v in arch.items() if not k.startswith("_")}
+    kwargs.update(check_depth(name, kwargs, depth))
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created in dtype, on device: no float32 copy ever exists
+    try:
+        with torch.device(device):
+            model = cls(**kwargs)
+    finally:
+        torch.set_default_dtype(default)
+    if dtype != torch.float32:
+        _keep_in_fp32(model)
+    return model.eval()
+
+
+def check_depth(name: str, arch_kwargs: dict[str, Any], depth: dict[str, int] | None) -> dict[str, int]:
+    """``depth`` after checking that every key is a depth key of this architecture and every value an int >= 0."""
     for key, value in (depth or {}).items():
-        if key not in DEPTH_KEYS or key not in kwargs:
-            have = [k for k in DEPTH_KEYS if k in kwargs]
+        if key not in DEPTH_KEYS or key not in arch_kwargs:
+            have = [k for k in DEPTH_KEYS if k in arch_kwargs]
             raise ValueError(f"depth override {key!r} does not apply to {name}; it has {have}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be an int >= 0, got {value!r}")
-        kwargs[key] = value
-    torch.manual_seed(seed)
-    model = cls(**kwargs).to(device=device)
-    return (model if dtype == torch.float32 else model.to(dtype=dtype)).eval()
+    return dict(depth or {})
+
+
+def _keep_in_fp32(model: torch.nn.Module) -> None:
+    """Parameters and buffers of ``_keep_in_fp32_modules`` back in float32, matched as ``from_pretrained``
+    matches them (a module name among the dotted name's parts)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for module_name, module in model.named_modules():
+        for tensor_name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            full = f"{module_name}.{tensor_name}" if module_name else tensor_name
+            if tensor.is_floating_point() and any(k in full.split(".") for k in keep):
+                tensor.data = tensor.data.to(torch.float32)
 
 
 def random_inputs(model: torch.nn.Module, *, batch: int, frames: int, height: int, width: int, text_tokens: int,

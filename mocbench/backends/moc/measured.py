@@ -23,8 +23,8 @@ class Measurement:
 
 
 MEASURED: tuple[Measurement, ...] = (
-    Measurement("fused", "cpu", "Intel(R) Xeon(R) Processor", "2026-11-24", "results/cpu_moc_32k/results.csv"),
-    Measurement("gather", "cpu", "Intel(R) Xeon(R) Processor", "2026-11-24", "results/cpu_moc_32k/results.csv"),
+    Measurement("fused", "cpu", "AMD EPYC", "2026-11-30", "results/cpu_moc_32k/results.csv"),
+    Measurement("gather", "cpu", "AMD EPYC", "2026-11-30", "results/cpu_moc_32k/results.csv"),
 )
 
 

@@ -233,8 +233,18 @@ class AttentionBackend:
                                             requires_grad=bool(requires_grad), layout=layout)
 
     def _more_reasons(self, *, device, dtype, head_dim, requires_grad: bool, layout) -> list[str]:
-        """Reasons beyond the declared capabilities (e.g. the implementation a param selects)."""
+        """Reasons beyond the declared capabilities (e.g. the implementation a param selects); by default
+        what :meth:`check_layout` says of ``layout``."""
+        if layout is None:
+            return []
+        try:
+            self.check_layout(layout)
+        except ValueError as exc:
+            return [str(exc)]
         return []
+
+    def check_layout(self, layout: TokenLayout) -> None:
+        """Raise ValueError when ``layout`` lacks what this backend needs (e.g. frame geometry)."""
 
     @classmethod
     def implementations(cls, devices: list[str]) -> list[dict]:

@@ -114,18 +114,6 @@ class StaticVideoBackend(AttentionBackend):
     def video_pairs(self, layout: TokenLayout) -> int:
         raise NotImplementedError
 
-    def check_layout(self, layout: TokenLayout) -> None:
-        """Raise ValueError when the layout lacks what the family needs (e.g. frame geometry)."""
-
-    def _more_reasons(self, *, device, dtype, head_dim, requires_grad, layout) -> list[str]:
-        if layout is None:
-            return []
-        try:
-            self.check_layout(layout)
-        except ValueError as exc:
-            return [str(exc)]
-        return []
-
     # ---------------------------------------------------------------- pattern and plan
     def predicate(self, layout: TokenLayout, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor:
         return caption_rule(layout, qi, kj, self.video_rule)

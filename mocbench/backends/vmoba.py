@@ -126,15 +126,6 @@ class VMoBA(AttentionBackend):
                              f"geometry: build the layout with frame_shape=(h, w) (h * w = tokens_per_frame = "
                              f"{layout.tokens_per_frame})")
 
-    def _more_reasons(self, *, device, dtype, head_dim, requires_grad, layout) -> list[str]:
-        if layout is None:
-            return []
-        try:
-            self.check_layout(layout)
-        except ValueError as exc:
-            return [str(exc)]
-        return []
-
     def _blocks(self, layout: TokenLayout):
         """Per shot: (video token positions (n,), own block of each (n,) local, block members list)."""
         key = ("vmoba_blocks", self.chunking(layout))

@@ -77,15 +77,6 @@ class VSA(AttentionBackend):
             raise ValueError(f"vsa needs the frame geometry: build the layout with frame_shape=(h, w) "
                              f"(h * w = tokens_per_frame = {layout.tokens_per_frame})")
 
-    def _more_reasons(self, *, device, dtype, head_dim, requires_grad, layout) -> list[str]:
-        if layout is None:
-            return []
-        try:
-            self.check_layout(layout)
-        except ValueError as exc:
-            return [str(exc)]
-        return []
-
     def _cubes(self, layout: TokenLayout):
         """(chunk table, video cube ids (C,), members per cube, cube of every token (L,), C for captions)."""
         key = ("vsa_cubes", self.params.cube)

@@ -224,6 +224,20 @@ def rng() -> random.Random:
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
 
 
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference, in float64 (gradients detached)."""
+    return float((a.detach().to(torch.float64) - b.detach().to(torch.float64)).abs().max())
+
+
+def peer_cases(params: list[dict], seed: int):
+    """``pytest.mark.parametrize("i,params,layout", ...)`` over ``params`` twice, each on a random layout
+    with frame geometry drawn from ``seed + i`` (the peer-family oracle tests)."""
+    cases = [(i, p, random_layout(random.Random(seed + i), kind_of(i), geometry=True))
+             for i, p in enumerate(params * 2)]
+    ids = [f"c{i}-" + "-".join(f"{k}={v}" for k, v in p.items()) for i, p, _ in cases]
+    return pytest.mark.parametrize("i,params,layout", cases, ids=ids)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Records the device, torch and CUDA in pytest-benchmark's ``machine_info`` (``--benchmark-json``), so

@@ -10,7 +10,7 @@ import oracle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import draw_inputs, kind_of, qkv, random_layout, requires_cuda, seeded_grad_out
+from conftest import draw_inputs, kind_of, max_err, qkv, random_layout, requires_cuda, seeded_grad_out
 
 import mocbench
 
@@ -21,9 +21,6 @@ TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 GRAD_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().to(torch.float64) - b.detach().to(torch.float64)).abs().max())
 
 
 @DTYPES

@@ -12,7 +12,7 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import case_data, fixed_sparse_cases, kind_of, qkv, random_layout, seeded_grad_out
+from conftest import case_data, fixed_sparse_cases, kind_of, max_err, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -23,9 +23,6 @@ GRAD_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 cases_param = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().to(torch.float64) - b.detach().to(torch.float64)).abs().max())
 
 
 # --------------------------------------------------------------------------- the oracle itself

@@ -12,7 +12,17 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import case_data, draw_inputs, kind_of, layout_tag, moc_cases, qkv, random_layout, seeded_grad_out
+from conftest import (
+    case_data,
+    draw_inputs,
+    kind_of,
+    layout_tag,
+    max_err,
+    moc_cases,
+    qkv,
+    random_layout,
+    seeded_grad_out,
+)
 
 import mocbench
 from mocbench import TokenLayout
@@ -31,9 +41,6 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["
 def cases_param(cases):
     return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
 
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().to(torch.float64) - b.detach().to(torch.float64)).abs().max())
 
 
 # --------------------------------------------------------------------------- the oracle itself

@@ -11,7 +11,7 @@ import oracle
 import oracle_peers
 import pytest
 import torch
-from conftest import kind_of, qkv, random_layout, seeded_grad_out
+from conftest import kind_of, max_err, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -32,9 +32,6 @@ CASES = [(i, name, params, random_layout(random.Random(1300 + i), kind_of(i), ge
 IDS = [f"c{i}-{name}-{'-'.join(f'{k}={v}' for k, v in p.items())}" for i, name, p, _ in CASES]
 cases = pytest.mark.parametrize("i,name,params,layout", CASES, ids=IDS)
 
-
-def max_err(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def shape_of(i: int, layout) -> tuple[int, int, int, int]:

@@ -10,20 +10,15 @@ import oracle
 import oracle_peers
 import pytest
 import torch
-from conftest import kind_of, qkv, random_layout, seeded_grad_out
+from conftest import max_err, peer_cases, qkv, random_layout, seeded_grad_out
 
 import mocbench
 
 MIN_MARGIN = 1e-4
 PARAMS = [dict(), dict(width=1.0, num_samples=5), dict(width=0.5, sink=False, num_samples=3),
           dict(width=1.5, num_samples=200), dict(width=3.0, sink=False)]
-CASES = [(i, p, random_layout(random.Random(2200 + i), kind_of(i), geometry=True)) for i, p in enumerate(PARAMS * 2)]
-IDS = [f"c{i}-" + "-".join(f"{k}={v}" for k, v in p.items()) for i, p, _ in CASES]
-cases = pytest.mark.parametrize("i,params,layout", CASES, ids=IDS)
+cases = peer_cases(PARAMS, seed=2200)
 
-
-def max_err(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def inputs(i, params, layout):
@@ -71,7 +66,7 @@ def test_svg_output_and_gradients_match_oracle(i, params, layout, dtype):
 def test_svg_both_patterns_are_chosen_somewhere():
     """Guards the cases: the crafted head picks temporal in some case, random heads spatial in some."""
     chosen = set()
-    for i, params, layout in CASES:
+    for i, params, layout in cases.args[1]:  # the parametrized cases
         q, k, _, _ = inputs(i, params, layout)
         chosen |= set(mocbench.get_backend("svg", **params).prepare(q, k, layout).temporal.flatten().tolist())
     assert chosen == {False, True}

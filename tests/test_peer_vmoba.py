@@ -4,13 +4,11 @@ output, gradients, measured pairs; analytic = measured where the spec says so; e
 
 from __future__ import annotations
 
-import random
-
 import oracle
 import oracle_peers
 import pytest
 import torch
-from conftest import kind_of, qkv, random_layout, seeded_grad_out
+from conftest import max_err, peer_cases, qkv, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -26,13 +24,8 @@ PARAMS = [
     dict(layer=2, select="topk", top_k=9, st_chunk="1,1,2"),
     dict(layer=0, select="threshold", threshold=0.9),
 ]
-CASES = [(i, p, random_layout(random.Random(1600 + i), kind_of(i), geometry=True)) for i, p in enumerate(PARAMS * 2)]
-IDS = [f"c{i}-" + "-".join(f"{k}={v}" for k, v in p.items()) for i, p, _ in CASES]
-cases = pytest.mark.parametrize("i,params,layout", CASES, ids=IDS)
+cases = peer_cases(PARAMS, seed=1600)
 
-
-def max_err(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def inputs(i, params, layout):

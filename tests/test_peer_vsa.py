@@ -4,13 +4,11 @@ the sum of both; output, gradients (through the fine and the pooled coarse stage
 
 from __future__ import annotations
 
-import random
-
 import oracle
 import oracle_peers
 import pytest
 import torch
-from conftest import kind_of, qkv, random_layout, seeded_grad_out
+from conftest import max_err, peer_cases, qkv, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -18,13 +16,8 @@ from mocbench import TokenLayout
 MIN_MARGIN = 1e-4
 PARAMS = [dict(cube="1,1,1", top_k=3), dict(cube="2,2,2", top_k=2), dict(cube="1,2,3", top_k=1, coarse_gate=0.5),
           dict(cube="2,1,2", top_k=4, coarse_gate=0.0), dict(cube="3,3,4", top_k=50)]
-CASES = [(i, p, random_layout(random.Random(1900 + i), kind_of(i), geometry=True)) for i, p in enumerate(PARAMS * 2)]
-IDS = [f"c{i}-" + "-".join(f"{k}={v}" for k, v in p.items()) for i, p, _ in CASES]
-cases = pytest.mark.parametrize("i,params,layout", CASES, ids=IDS)
+cases = peer_cases(PARAMS, seed=1900)
 
-
-def max_err(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 def inputs(i, params, layout):

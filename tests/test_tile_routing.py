@@ -13,7 +13,7 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import Case, case_data, kind_of, qkv, random_layout, seeded_grad_out
+from conftest import Case, case_data, kind_of, max_err, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
@@ -52,9 +52,6 @@ FEW = CASES[1::6]
 def cases_param(cases):
     return pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
 
-
-def max_err(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
 
 
 # --------------------------------------------------------------------------- parameters

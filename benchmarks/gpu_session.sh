@@ -111,11 +111,17 @@ run() {
   STEPS="$STEPS $name=$rc:$((SECONDS - start))"
 }
 
-# In a rehearsal every workload of a config gets tiny shapes on CPU and the timing loop is cut short.
+# In a rehearsal every workload of a config gets tiny shapes on CPU, the timing loop is cut short, and impl
+# flex runs as flex_eager (the same block mask, uncompiled: no per-shape compile on CPU).
 overrides() {  # overrides CONFIG
   [ "$REHEARSE" = 1 ] || return 0
-  local n
+  local n i
   n="$("$PY" -c "import sys, yaml; print(len(yaml.safe_load(open(sys.argv[1]))['workloads']))" "$1")"
+  for i in $("$PY" -c "import sys, yaml
+for i, b in enumerate(yaml.safe_load(open(sys.argv[1]))['backends']):
+    if (b.get('params') or {}).get('impl') == 'flex': print(i)" "$1"); do
+    printf '%s\n' "backends.$i.params.impl=flex_eager"
+  done
   for ((i = 0; i < n; i++)); do
     printf '%s\n' "workloads.$i.device=cpu" "workloads.$i.frames=[2]" "workloads.$i.tokens_per_frame=8" \
       "workloads.$i.text_tokens=4" "workloads.$i.heads=2"

@@ -22,6 +22,15 @@ from mocbench import Segment, TokenLayout
 
 MIN_MARGIN = 1e-4
 LAYOUT_KINDS = ("single", "interleaved", "front", "back", "segments")
+# The MoC implementations the CPU oracle tests run: every impl that runs on CPU, except compiled ``flex``
+# (inductor compiles once per shape, ~10 s each; its block mask is the one ``flex_eager`` runs, and
+# tests/test_moc_flex.py checks the compiled kernel on CPU).
+def moc_cpu_impls() -> list[str]:
+    from mocbench.backends.moc.impls import IMPLS
+
+    return sorted(n for n, impl in IMPLS.items() if "cpu" in impl.caps.devices and n != "flex")
+
+
 MOC_RULES = ("shot", "frame", "frames:2", "frames:3", "tokens:3", "tokens:5", "fixed:4", "fixed:7")
 
 

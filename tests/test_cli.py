@@ -22,7 +22,7 @@ def test_backends_table_lists_every_backend_with_availability(capsys):
     if not rows["xformers"]["available"]:
         assert rows["xformers"]["reasons"], "an unavailable backend must say why"
     impls = {r["impl"]: r for r in out["implementations"]["moc"]}
-    assert set(impls) == {"reference", "gather", "fused", "flex", "triton", "varlen"}
+    assert set(impls) == {"reference", "gather", "fused", "flex", "flex_eager", "triton", "varlen"}
     assert impls["gather"]["available"] and impls["gather"]["auto_order"].startswith("cpu #")
     assert impls["triton"]["auto_order"] == "opt-in" and impls["varlen"]["auto_order"] == "cuda #1"
     # where each impl was measured (mocbench/backends/moc/measured.py): no CUDA impl has been, yet

@@ -50,7 +50,10 @@ def test_rehearsal_runs_every_step_and_writes_the_session_folder(tmp_path):
     headline = stores["headline"]
     assert {r["tokens"] for r in headline} == {str(8 * (4 + 2 * 8))}  # the paper layout, shrunk: 8 shots
     assert {(r["label"], r["pass"]) for r in headline if r["status"] == "ok"} >= {
-        ("dense_flash", "fwd"), ("dense_flash", "fwd+bwd"), ("moc_varlen", "fwd+bwd"), ("moc_varlen_tile", "fwd+bwd")}
+        ("dense_flash", "fwd"), ("dense_flash", "fwd+bwd"), ("moc_varlen", "fwd+bwd"), ("moc_varlen_tile", "fwd+bwd"),
+        ("moc_flex", "fwd"), ("moc_flex_tile", "fwd")}
+    # the rehearsal runs flex uncompiled (no per-shape compile on CPU), and the rows say so
+    assert {r["impl"] for r in headline if r["label"].startswith("moc_flex") and r["status"] == "ok"} == {"flex_eager"}
     assert all(r["validation_grad_max_err"] for r in headline if r["status"] == "ok" and r["pass"] == "fwd+bwd")
     assert sorted({int(r["shots"]) for r in stores["scaling"]}) == [1, 2, 4, 8]
     report = (out / "report.md").read_text()

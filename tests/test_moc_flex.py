@@ -1,7 +1,8 @@
-"""MoC on FlexAttention (impl="flex"): the BlockMask built from routing is exact, outputs and
-gradients match the reference. Eager FlexAttention on CPU ignores block sparsity, so the block
-structure is checked directly against the materialised pattern; one compiled CPU case checks
-that the kernel honours it. CUDA cases (bf16/fp16, head_dim 64/128) skip without a GPU."""
+"""MoC on FlexAttention (impls "flex", compiled, and "flex_eager"): the BlockMask built from routing is
+exact, outputs and gradients match the reference. Eager FlexAttention ignores block sparsity, so the
+block structure is checked directly against the materialised pattern and the eager impl against the
+reference on many random cases; compiled cases on CPU (one compile per shape) check that the kernel
+honours the block mask. CUDA cases (bf16/fp16, head_dim 64/128) skip without a GPU."""
 
 import random
 
@@ -40,7 +41,7 @@ def block_sets(bm):
 @pytest.mark.parametrize("seed", range(30))
 def test_block_mask_covers_pattern_exactly(seed):
     lay, params, block = random_case(seed)
-    b = mocbench.get_backend("moc", impl="flex", **params)
+    b = mocbench.get_backend("moc", impl="flex_eager", **params)
     q, k = (torch.randn(2, 2, lay.num_tokens, 8, generator=torch.Generator().manual_seed(seed)) for _ in range(2))
     plan = b.prepare(q, k, lay)
     bm = build_block_mask(plan, block=block)
@@ -61,16 +62,17 @@ def test_block_mask_covers_pattern_exactly(seed):
 @pytest.mark.parametrize("seed", range(12))
 def test_flex_matches_reference_forward(seed):
     lay, params, _ = random_case(100 + seed)
-    flex = mocbench.get_backend("moc", impl="flex", **params)
+    flex = mocbench.get_backend("moc", impl="flex_eager", **params)
     ref = mocbench.get_backend("moc", impl="reference", **params)
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, 2, lay.num_tokens, 8, generator=g) for _ in range(3))
     torch.testing.assert_close(flex(q, k, v, lay), ref(q, k, v, lay), atol=1e-5, rtol=0)
 
 
-def test_flex_on_cpu_refuses_backward_with_a_reason():
+@pytest.mark.parametrize("impl", ["flex", "flex_eager"])
+def test_flex_on_cpu_refuses_backward_with_a_reason(impl):
     lay, params, _ = random_case(3)
-    b = mocbench.get_backend("moc", impl="flex", **params)
+    b = mocbench.get_backend("moc", impl=impl, **params)
     q = torch.randn(1, 1, lay.num_tokens, 8, requires_grad=True)
     assert any("no backward pass on cpu" in r for r in b.not_supported_reasons(q))
     with pytest.raises(mocbench.UnsupportedError, match="no backward pass on cpu"):
@@ -80,25 +82,26 @@ def test_flex_on_cpu_refuses_backward_with_a_reason():
 def test_flex_uses_a_training_plan_verbatim():
     lay, params, _ = random_case(7)
     params.update(top_k=2, p_drop_off=0.5, p_drop_in=0.5, n_drop_in=2, seed=3)
-    b = mocbench.get_backend("moc", impl="flex", **params)
+    b = mocbench.get_backend("moc", impl="flex_eager", **params)
     q, k, v = (torch.randn(1, 2, lay.num_tokens, 8) for _ in range(3))
     plan = b.prepare(q, k, lay, training=True)
-    torch.testing.assert_close(IMPLS["flex"].forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
+    torch.testing.assert_close(IMPLS["flex_eager"].forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
                                atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
-def test_compiled_flex_on_cpu_honours_the_block_mask():
-    """Compiled FlexAttention skips inactive blocks, so this catches a block mask that is too sparse."""
-    from torch.nn.attention.flex_attention import flex_attention
-
+@pytest.mark.parametrize("routing", ["token", "tile"])
+def test_compiled_flex_on_cpu_honours_the_block_mask(routing):
+    """impl "flex" on CPU runs compiled FlexAttention, which skips inactive blocks and the mask_mod of full
+    ones, so this catches a block mask that is too sparse or a block wrongly declared full."""
     lay = mocbench.TokenLayout.multi_shot(text_tokens=[6, 4, 5], frames=[3, 2, 3], tokens_per_frame=40)
-    b = mocbench.get_backend("moc", impl="flex", top_k=2, chunking="frame")
-    q, k, v = (torch.randn(1, 2, lay.num_tokens, 16) for _ in range(3))
+    extra = {"routing": "tile", "tile": 16} if routing == "tile" else {}
+    b = mocbench.get_backend("moc", impl="flex", top_k=2, chunking="frame", **extra)
+    q, k, v = (torch.randn(1, 2, lay.num_tokens, 16, generator=torch.Generator().manual_seed(5)) for _ in range(3))
     plan = b.prepare(q, k, lay)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    out = compiled(q, k, v, block_mask=plan.impl_state.block_mask)
-    torch.testing.assert_close(out, IMPLS["reference"].forward(q, k, v, plan), atol=1e-5, rtol=0)
+    assert plan.impl == "flex"
+    torch.testing.assert_close(b.forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
+                               atol=1e-5, rtol=0)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
@@ -126,14 +129,14 @@ def test_flex_tile_routing_on_the_block_grid_has_only_full_blocks(tile):
     routed by all queries of its q-block, so every active block is full (mask_mod never runs), and the
     output still equals the reference."""
     lay = mocbench.TokenLayout.multi_shot(text_tokens=[8, 8, 8], frames=[2, 3, 2], tokens_per_frame=16)
-    b = mocbench.get_backend("moc", impl="flex", top_k=2, chunking="frame", routing="tile", tile=tile)
+    b = mocbench.get_backend("moc", impl="flex_eager", top_k=2, chunking="frame", routing="tile", tile=tile)
     q, k, v = (torch.randn(2, 2, lay.num_tokens, 8, generator=torch.Generator().manual_seed(tile)) for _ in range(3))
     plan = b.prepare(q, k, lay)
     partial, full = block_sets(build_block_mask(plan, block=8))
     assert not partial.any() and full.any()
     pat = moc_mask(plan).view(2, 2, lay.num_tokens // 8, 8, lay.num_tokens // 8, 8)
     assert torch.equal(full, pat.any(3).any(-1)) and bool(pat.all(3).all(-1)[full].all())
-    torch.testing.assert_close(IMPLS["flex"].forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
+    torch.testing.assert_close(IMPLS["flex_eager"].forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
                                atol=1e-5, rtol=0)
 
 
@@ -143,7 +146,7 @@ def test_block_mask_with_tile_routing_covers_pattern_exactly(seed):
     pair is attended -- including blocks declared full from routing."""
     lay, params, block = random_case(500 + seed)
     params.update(routing="tile", tile=random.Random(seed).choice((2, 4, 8, 16)), top_k=max(1, params["top_k"]))
-    b = mocbench.get_backend("moc", impl="flex", **params)
+    b = mocbench.get_backend("moc", impl="flex_eager", **params)
     q, k = (torch.randn(2, 2, lay.num_tokens, 8, generator=torch.Generator().manual_seed(seed)) for _ in range(2))
     plan = b.prepare(q, k, lay)
     partial, full = block_sets(build_block_mask(plan, block=block))

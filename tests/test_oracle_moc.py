@@ -19,6 +19,7 @@ from conftest import (
     layout_tag,
     max_err,
     moc_cases,
+    moc_cpu_impls,
     qkv,
     random_layout,
     seeded_grad_out,
@@ -26,10 +27,9 @@ from conftest import (
 
 import mocbench
 from mocbench import TokenLayout
-from mocbench.backends.moc.impls import IMPLS
 
 CASES = moc_cases(80)
-IMPL_NAMES = sorted(n for n, impl in IMPLS.items() if "cpu" in impl.caps.devices)  # "auto" resolves to one of these
+IMPL_NAMES = moc_cpu_impls()  # "auto" resolves to one of these
 GRAD_IMPL_NAMES = [n for n in IMPL_NAMES if not mocbench.get_backend("moc", impl=n).not_supported_reasons(
     device="cpu", dtype=torch.float32, head_dim=8, requires_grad=True)]
 NO_GRAD_IMPL_NAMES = [n for n in IMPL_NAMES if n not in GRAD_IMPL_NAMES]

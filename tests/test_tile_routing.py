@@ -13,14 +13,13 @@ import random
 import oracle
 import pytest
 import torch
-from conftest import Case, case_data, kind_of, max_err, qkv, random_layout, seeded_grad_out
+from conftest import Case, case_data, kind_of, max_err, moc_cpu_impls, qkv, random_layout, seeded_grad_out
 
 import mocbench
 from mocbench import TokenLayout
-from mocbench.backends.moc.impls import IMPLS
 from mocbench.backends.moc.tiles import count_tiles, query_tiles
 
-IMPL_NAMES = sorted(n for n, impl in IMPLS.items() if "cpu" in impl.caps.devices)
+IMPL_NAMES = moc_cpu_impls()
 GRAD_IMPL_NAMES = [n for n in IMPL_NAMES if not mocbench.get_backend("moc", impl=n).not_supported_reasons(
     device="cpu", dtype=torch.float32, head_dim=8, requires_grad=True)]
 RULES = ("shot", "frame", "frames:2", "tokens:3", "tokens:5", "fixed:4", "fixed:7")

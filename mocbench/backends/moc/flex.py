@@ -17,8 +17,12 @@ attends key j: text anchor, own shot / own chunk, or key's chunk among i's ``K``
 Legend: B batch, H heads, L tokens, Lp tokens padded to the block size, C chunks, Q query
 classes, QB/KB q/kv blocks, K routed slots per query.
 
-On CUDA the attention runs through ``torch.compile(flex_attention)``; on CPU FlexAttention runs
-eagerly (unfused, O(L^2) memory), which is only meant for correctness tests at small sizes.
+Two implementations share this block mask. ``flex`` runs ``torch.compile(flex_attention)`` on every
+device: on CUDA Triton's fused kernel, on CPU inductor's C++ template (forward only; the first call per
+shape compiles, about 10 s), so it is a real peer of the other impls on CPU too (it skips inactive
+blocks and runs ``mask_mod`` only on partial ones). ``flex_eager`` runs FlexAttention uncompiled: every
+score is materialised (O(L^2) memory) and block sparsity is ignored, so it is only a correctness path
+(tests, rehearsals, debugging a compiled run).
 """
 
 from __future__ import annotations
@@ -177,29 +181,56 @@ def prepare_flex(plan) -> FlexState:
     return FlexState(build_block_mask(plan))
 
 
-def flex_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
-    """FlexAttention on the plan's BlockMask: compiled on CUDA, eager (correctness only) on CPU."""
+def _compiled():
     global _compiled_flex
-    if q.device.type == "cuda":
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(q, k, v, block_mask=state.block_mask, scale=scale)
-    if not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad, even under no_grad
-        q, k, v = q.detach(), k.detach(), v.detach()
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def _forward_only_inputs(q, k, v):
+    """CPU FlexAttention refuses inputs that require grad even under no_grad: detach them there (the
+    capabilities already refuse a CPU call that needs a backward)."""
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        return q.detach(), k.detach(), v.detach()
+    return q, k, v
+
+
+def flex_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
+    """impl ``flex``: compiled FlexAttention on the plan's BlockMask (CUDA: Triton; CPU: C++, forward)."""
+    q, k, v = _forward_only_inputs(q, k, v)
+    return _compiled()(q, k, v, block_mask=state.block_mask, scale=scale)
+
+
+def flex_eager_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
+    """impl ``flex_eager``: uncompiled FlexAttention on the same BlockMask (every score materialised)."""
+    q, k, v = _forward_only_inputs(q, k, v)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, block_mask=state.block_mask, scale=scale)
 
 
 def flex_workspace_bytes(s: MoCSizes) -> int:
-    """impl ``flex``: the block mask and the attention. Block mask over a grid of QB x KB = (L/128)^2
-    blocks: anchored pair counts per block (per-class token counts (QB, Q) and anchored keys (Q, KB),
+    """impl ``flex``: the block mask (see :func:`block_mask_bytes`) and compiled FlexAttention, a fused
+    kernel on every device (bounded like the fused dense kernels)."""
+    return block_mask_bytes(s) + fused_attention_bytes(s.batch, s.heads, s.tokens, s.head_dim, s.dtype,
+                                                       requires_grad=s.requires_grad)
+
+
+def flex_eager_workspace_bytes(s: MoCSizes) -> int:
+    """impl ``flex_eager``: the block mask and uncompiled FlexAttention, which materialises the (B, H, L, L)
+    scores (float32, or float64) three times and ``mask_mod``'s boolean temporaries."""
+    w = 8 if s.dtype == torch.float64 else 4
+    return block_mask_bytes(s) + s.bh * s.tokens * s.tokens * (3 * w + s.slots + 4)
+
+
+def block_mask_bytes(s: MoCSizes) -> int:
+    """The block mask of both flex impls, over a grid of QB x KB = (L/128)^2 blocks: anchored pair counts per block (per-class token counts (QB, Q) and anchored keys (Q, KB),
     float64, on the host; one copy and the full-block test on the device); with routing the
     (B, H, QB, C+1) hit map, the chunk-to-block incidence and the (B, H, QB, KB) routed blocks;
     :func:`build_block_mask`'s two ``as_blocks`` (bool, int8, argsort values and int64 indices, int32)
-    and the BlockMask's transposed indices; the padded routing for ``mask_mod``. Attention: compiled
-    FlexAttention on CUDA is a fused kernel; eager on CPU it materialises the (B, H, L, L) scores
-    (float32, or float64) three times and ``mask_mod``'s boolean temporaries."""
+    and the BlockMask's transposed indices; the padded routing for ``mask_mod``. On CPU host and
+    device are the same memory."""
     L, K, C = s.tokens, s.slots, s.chunks
     QB = KB = -(-L // BLOCK)
     grid, bh_grid = QB * KB, s.bh * QB * KB
@@ -209,7 +240,4 @@ def flex_workspace_bytes(s: MoCSizes) -> int:
         device += 3 * s.pairs * 8 + s.bh * QB * (C + 1) * 4 + 2 * C * KB * 4 + bh_grid * (4 + 1 + 1 + 1)
         device += 3 * s.pairs * 8 + s.pairs * 4 + bh_grid * (4 + 1 + 1)  # distinct slots, counts, full test
     device += 3 * QB * BLOCK * 8 + 2 * s.bh * QB * BLOCK * K * 8
-    if not s.on_cpu:
-        return device + fused_attention_bytes(s.batch, s.heads, L, s.head_dim, s.dtype, requires_grad=s.requires_grad)
-    w = 8 if s.dtype == torch.float64 else 4
-    return host + device + s.bh * L * L * (3 * w + K + 4)
+    return device if not s.on_cpu else host + device

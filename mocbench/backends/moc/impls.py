@@ -16,7 +16,8 @@ import torch
 
 from mocbench.backend import FLOAT_DTYPES, Capabilities
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.flex import flex_kernel, flex_workspace_bytes, prepare_flex
+from mocbench.backends.moc.flex import (flex_eager_kernel, flex_eager_workspace_bytes, flex_kernel,
+                                        flex_workspace_bytes, prepare_flex)
 from mocbench.backends.moc.fused import fused_kernel, fused_workspace_bytes, prepare_fused
 from mocbench.backends.moc.gather import gather_kernel, gather_workspace_bytes, prepare_gather
 from mocbench.backends.moc.impl import MoCImpl
@@ -28,10 +29,15 @@ from mocbench.backends.moc.varlen_kernels import flash_variant
 IMPLS: dict[str, MoCImpl] = {impl.name: impl for impl in (
     MoCImpl(name="reference", description="dense (B,H,L,L) mask + masked softmax; exact, O(L^2) memory",
             caps=Capabilities(devices=("cpu", "cuda")), kernel=reference_kernel, workspace=reference_workspace_bytes),
-    MoCImpl(name="flex", description="FlexAttention with a BlockMask built from the routing (compiled on CUDA; "
-                                     "eager, unfused and forward-only on CPU: correctness only)",
+    MoCImpl(name="flex", description="compiled FlexAttention with a BlockMask built from the routing: full blocks "
+                                     "skip the mask_mod, inactive ones are never read (CUDA: Triton; CPU: "
+                                     "inductor's C++ template, forward only; the first call per shape compiles)",
             caps=Capabilities(devices=("cuda", "cpu"), backward_devices=("cuda",)), kernel=flex_kernel,
             prepare=prepare_flex, workspace=flex_workspace_bytes),
+    MoCImpl(name="flex_eager", description="the same BlockMask on uncompiled FlexAttention: every score "
+                                           "materialised, O(L^2) memory; correctness only (tests, debugging)",
+            caps=Capabilities(devices=("cuda", "cpu"), backward_devices=("cuda",)), kernel=flex_eager_kernel,
+            prepare=prepare_flex, workspace=flex_eager_workspace_bytes),
     MoCImpl(name="gather", description="CPU: anchors as stacked blocks + per-(head, chunk) gathered queries on fused "
                                        "flash kernels, exact log-sum-exp merge; custom backward",
             caps=Capabilities(devices=("cpu",)), kernel=gather_kernel, prepare=prepare_gather,

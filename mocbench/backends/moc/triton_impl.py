@@ -106,10 +106,11 @@ def prepare_triton(plan) -> TritonState:
     # slots are positions in the sorted row: same set of chunks, each once
     bh = torch.arange(BH, device=dev).view(BH, 1, 1)
     grp = torch.where(srt >= 0, bh * C + srt, G).flatten()  # (E_max,), G = no pair
-    order = torch.argsort(grp, stable=True)
-    counts = torch.bincount(grp, minlength=G + 1)[:G]
-    group_ptr = torch.zeros(G + 1, dtype=torch.int64, device=dev)
-    group_ptr[1:] = torch.cumsum(counts, 0)
+    grp_sorted, order = torch.sort(grp, stable=True)
+    # group g's pairs are sorted positions group_ptr[g]:group_ptr[g+1] (searchsorted, unlike bincount on
+    # CUDA, never reads a size back to the host)
+    group_ptr = torch.searchsorted(grp_sorted, torch.arange(G + 1, device=dev))
+    counts = group_ptr[1:] - group_ptr[:-1]
     rows_e = (order // K).to(torch.int32)
     slots_e = order.to(torch.int32)
     n_tiles = (counts + BLOCK_M - 1) // BLOCK_M

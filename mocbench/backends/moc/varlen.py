@@ -24,9 +24,14 @@ same code on every device; only the segment kernel differs.
    routed pairs is summed into the query rows by ``index_add``, anchor keys gathered more than once
    (captions) by ``index_add``. Units no query routed to get zero gradient (never read from the kernel).
 
-Prepare (timed with routing) builds the pair list on the tensors' device and reads three numbers back
-to the host (pair count, longest segment, split offsets) in one synchronisation: flash kernels size their
-grid from the longest segment. Layout-only tables are cached on the layout, per device.
+Prepare (timed with routing) builds the pair list on the tensors' device and reads a few numbers back
+to the host (pair count, longest segment, split offsets) in one synchronisation (:func:`read_back`), the
+only one of any MoC prepare path (tests/test_moc_host_sync.py): flash kernels take ``max_seqlen`` as a
+host integer and launch ``ceil(max_seqlen / 128)`` query blocks for *every* segment. Without reading it,
+the bound would be L (a unit can be routed by every query of a head): at the paper's layout that launches
+B*H*U*L/128, about 4.8 million mostly empty thread blocks per call (24 heads, 141 units, 1,412 query
+blocks), where the real longest segment is a few query blocks. Layout-only tables are cached on the
+layout, per device.
 
 Legend: B batch, H heads, BH = B*H, L tokens, N = BH*L rows, D head_dim, C chunks, U units, K routed
 slots per query, P most units per chunk, E routed (query, unit) pairs, Ka anchor keys per head.
@@ -233,7 +238,7 @@ def prepare_varlen(plan) -> VarlenState:
     cu_q = torch.searchsorted(g_sorted, torch.arange(BH * U + 1, device=dev))  # (BH*U+1,) int64
     counts = cu_q[1:] - cu_q[:-1]
     cut = list(range(0, BH * U, MAX_SEGMENTS))[1:] if BH * U > MAX_SEGMENTS else []
-    host = torch.cat([cu_q[-1:], counts.max()[None], cu_q[cut]]).tolist()  # the one host synchronisation
+    host = read_back(torch.cat([cu_q[-1:], counts.max()[None], cu_q[cut]]))
     E, max_q = host[0], host[1]
     if E == 0:
         return VarlenState(lay, anchors, None, empty, None)
@@ -244,6 +249,11 @@ def prepare_varlen(plan) -> VarlenState:
     rows_e = order[:E] // (K * P)  # flattened (bh, i, k, p) -> query row bh*L + i
     unused = (counts == 0).view(BH, U)[:, lay.unit_of_sorted_l].flatten()
     return VarlenState(lay, anchors, routed, rows_e, unused)
+
+
+def read_back(t: torch.Tensor) -> list[int]:
+    """The one device-to-host synchronisation of ``varlen``'s prepare (see the module docstring)."""
+    return t.tolist()
 
 
 # ----------------------------------------------------------------------------- autograd

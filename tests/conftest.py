@@ -19,6 +19,7 @@ import torch
 
 import mocbench
 from mocbench import Segment, TokenLayout
+from mocbench.backends.moc.impls import IMPLS
 
 MIN_MARGIN = 1e-4
 LAYOUT_KINDS = ("single", "interleaved", "front", "back", "segments")
@@ -26,8 +27,6 @@ LAYOUT_KINDS = ("single", "interleaved", "front", "back", "segments")
 # (inductor compiles once per shape, ~10 s each; its block mask is the one ``flex_eager`` runs, and
 # tests/test_moc_flex.py checks the compiled kernel on CPU).
 def moc_cpu_impls() -> list[str]:
-    from mocbench.backends.moc.impls import IMPLS
-
     return sorted(n for n, impl in IMPLS.items() if "cpu" in impl.caps.devices and n != "flex")
 
 

@@ -1,29 +1,35 @@
-"""The ``mocbench`` command line: ``backends``, ``plan``, ``bench``, ``report`` (later issues add train/eval).
+"""The ``mocbench`` command line: list and plan backends, benchmark, train, sample, evaluate, sweep, report.
 
-Every subcommand has ``--help``. Configs are YAML files plus ``key=value`` overrides.
-User errors (bad config, value, path or file) print one line on stderr naming the culprit and exit 2
+This module holds every subcommand's parser, ``backends``, ``plan`` and ``main``; the other commands live in
+their packages (:data:`COMMANDS`) and are imported only when they run, so ``mocbench backends`` starts without
+pandas, Lightning or diffusers. Every subcommand has ``--help``. Configs are YAML files plus ``key=value``
+overrides. User errors (bad config, value, path or file) print one line on stderr naming the culprit and exit 2
 (``mocbench --debug`` or ``MOCBENCH_DEBUG=1`` adds the traceback); internal bugs keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import shutil
 import sys
 import traceback
+from collections.abc import Callable
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from mocbench.blocks import check_block_shape
 from mocbench.config import PlanConfig, add_config_arguments, load_config, plain
-from mocbench.errors import DEBUG_ENV, check_output_dir, debug_enabled, one_line, user_message
+from mocbench.console import console
+from mocbench.errors import DEBUG_ENV, debug_enabled, one_line, user_message
+from mocbench.eval.cli import add_subcommands as add_eval_subcommands  # eval, paper
+from mocbench.integrations.diffusers.cli import add_subcommands as add_model_subcommands  # bench-model, sample-model
+from mocbench.memory.cli import add_subcommands as add_memory_subcommands  # memory
 from mocbench.registry import backend_specs, get_backend
 from mocbench.stats import AttentionStats
-
-console = Console(width=max(120, shutil.get_terminal_size((140, 40)).columns))
+from mocbench.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep
+from mocbench.tasks.cli import add_subcommands as add_task_subcommands  # train, sample
 
 
 def _fmt_flops(x: float) -> str:
@@ -116,80 +122,6 @@ def _short_layout(layout) -> str:
             f"{layout.tokens_per_frame} tokens/frame + {layout.num_text_tokens} caption tokens")
 
 
-def _print_frame(title: str, frame) -> None:
-    import pandas as pd
-
-    from mocbench.bench.tables import fmt
-
-    table = Table(title=title)
-    for col in frame.columns:
-        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left", overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(fmt(v) for v in row))
-    console.print(table)
-
-
-def _print_bench_summary(stores: str | list[str], reference: str) -> None:
-    from mocbench.bench.report import build_tables
-    from mocbench.bench.store import load_table
-    from mocbench.bench.tables import CROSS_ENV_MARK, CROSS_ENV_NOTE
-
-    built = build_tables(load_table(stores), reference)
-    if not built["latency_pivot"].empty:
-        _print_frame(f"total latency per layer, ms (speed-up vs {reference})", built["latency_pivot"])
-        if built["latency_pivot"].astype(str).apply(lambda col: col.str.endswith(CROSS_ENV_MARK)).any().any():
-            console.print(CROSS_ENV_NOTE, highlight=False)
-    if not built["status"].empty:
-        _print_frame("skipped / failed cells", built["status"])
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from mocbench.bench import load_bench_config, run_bench
-    from mocbench.bench.resume import ResumePolicy
-
-    overrides = [*args.overrides, *([f"max_memory_gib={args.max_memory}"] if args.max_memory is not None else [])]
-    cfg = load_bench_config(args.config, overrides)
-    out = args.out or cfg.output_path
-    measured = []
-    policy = ResumePolicy(retry_failed=args.retry_failed, retry_skipped=args.retry_skipped,
-                          reuse_foreign=args.reuse_foreign)
-    store = run_bench(cfg, output=out, policy=policy, progress=not args.no_progress,
-                      on_cell_done=lambda cell, row: measured.append(cell.key),
-                      log=lambda line: console.print(line, highlight=False, markup=False))
-    counts = {}
-    for row in store.rows.values():
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    _print_bench_summary(out, cfg.reference)
-    console.print(f"result store: {out} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; "
-                  f"{len(measured)} measured now, the rest resumed from the store); "
-                  f"report: mocbench report {out}", highlight=False)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    if args.out is not None:
-        check_output_dir(args.out, "--out")
-    if args.figure or args.table == "ablation":  # sweep outputs (mocbench.sweep.report)
-        from mocbench.sweep.report import cmd_report_sweep
-
-        return cmd_report_sweep(args)
-    if args.table:  # paper-style quality table from `mocbench eval` rows
-        from mocbench.eval.paper_table import write_paper_table
-
-        written = write_paper_table(args.stores, args.table, args.out, reference=args.reference)
-        print(written[0].read_text())
-        console.print("wrote " + ", ".join(map(str, written)), highlight=False)
-        return 0
-    from mocbench.bench.report import write_report
-
-    written = write_report(args.stores, args.out, reference=args.reference, figures=not args.no_figures)
-    if not args.quiet:
-        _print_bench_summary(args.stores, args.reference)
-    console.print(f"wrote {len(written)} files under {written[-1].parent}: "
-                  + ", ".join(str(p.relative_to(written[-1].parent)) for p in written), highlight=False)
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with its usage errors as one line on stderr (exit 2), like every other user error."""
 
@@ -206,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backends", help="list registered attention backends and whether they run here")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_backends)
 
     p = sub.add_parser(
         "plan", help="analytic pairs / sparsity / FLOPs of a backend on a layout (no tensors)",
@@ -217,7 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p, "YAML config (see configs/plan/); optional")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
         "bench", help="validate and time backends over a sweep of workloads into a resumable result store",
@@ -237,7 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep finished rows measured in another environment (code, device, torch or threads "
                         "differ) instead of re-measuring them; reports mark them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
         "report", help="tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) from result stores",
@@ -253,24 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "ablation tables and figures of a `mocbench sweep` store, instead")
     p.add_argument("--figure", choices=("routing",),
                    help="routing: shot-to-shot routing heatmaps from routing.json files of `mocbench sweep`")
-    p.set_defaults(func=cmd_report)
-
-    from mocbench.tasks.cli import add_subcommands as add_task_subcommands  # train, sample
-
     add_task_subcommands(sub)
-    from mocbench.eval.cli import add_subcommands as add_eval_subcommands  # eval, paper
-
     add_eval_subcommands(sub)
-    from mocbench.sweep.cli import add_subcommands as add_sweep_subcommands  # sweep
-
     add_sweep_subcommands(sub)
-    from mocbench.memory.cli import add_subcommands as add_memory_subcommands  # memory
-
     add_memory_subcommands(sub)
-    from mocbench.integrations.diffusers.cli import add_subcommands as add_model_subcommands  # bench-model
-
     add_model_subcommands(sub)
     return parser
+
+
+# What runs each subcommand: a function of this module, or "module:function" imported when the command runs.
+# The one place mocbench imports its own modules lazily (tests/test_imports.py allows no other): parsers are
+# cheap to build, while the commands need pandas, Lightning, diffusers, ... (`mocbench backends` stays quick).
+COMMANDS: dict[str, Callable[[argparse.Namespace], int] | str] = {
+    "backends": cmd_backends,
+    "plan": cmd_plan,
+    "bench": "mocbench.bench.commands:cmd_bench",
+    "report": "mocbench.bench.commands:cmd_report",
+    "train": "mocbench.tasks.commands:cmd_train",
+    "sample": "mocbench.tasks.commands:cmd_sample",
+    "eval": "mocbench.eval.cli:cmd_eval",
+    "paper": "mocbench.eval.cli:cmd_paper",
+    "sweep": "mocbench.sweep.commands:cmd_sweep",
+    "memory": "mocbench.memory.cli:cmd_memory",
+    "bench-model": "mocbench.integrations.diffusers.commands:cmd_bench_model",
+    "sample-model": "mocbench.integrations.diffusers.commands:cmd_sample_model",
+}
+
+
+def command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs subcommand ``name`` (its module imported now)."""
+    target = COMMANDS[name]
+    if callable(target):
+        return target
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [args.config, *args.overrides]
         args.config = None
     try:
-        return args.func(args)
+        return command(args.command)(args)
     except Exception as exc:  # sorted by user_message: a user mistake (exit 2) or a bug (re-raised)
         msg = user_message(exc)
         if msg is None:

@@ -12,7 +12,7 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, TypeVar
 
@@ -25,24 +25,47 @@ from mocbench.layout import TokenLayout
 
 T = TypeVar("T")
 
-__all__ = ["BackendConfig", "ConfigError", "LayoutConfig", "PlanConfig", "add_config_arguments", "config_errors",
-           "load_config", "load_yaml", "parse_overrides", "stable_hash"]
+__all__ = ["BackendConfig", "ConfigError", "Geometry", "LayoutConfig", "PlanConfig", "add_config_arguments",
+           "config_errors", "dotlist", "load_config", "load_yaml", "parse_overrides", "stable_hash"]
 
 
 @dataclass
-class LayoutConfig:
-    """A token layout. ``frames`` and ``text_tokens`` are an int (same for every shot) or a list per shot."""
+class Geometry:
+    """Frame and caption geometry: the keys every layout config shares, defined once here and flat in YAML
+    (``layout:`` of ``mocbench plan``, a bench workload, a sweep's ``bench:`` stage; a bench cell holds one).
+
+    :meth:`LayoutConfig.build` is the one place a config becomes a :class:`~mocbench.TokenLayout`, which
+    validates every value (errors name the field and the bad value). A field added here reaches every config
+    above; give it a default of None (unset), because keys hash a layout without its unset fields
+    (:meth:`LayoutConfig.key_fields`), so stores written before the field existed keep their keys.
+    """
+
+    tokens_per_frame: int = 64
+    text_tokens: int = 16  # caption tokens per shot (or of the one global caption)
+    text_placement: str = "interleaved"  # interleaved | front | back (moc-spec §2)
+    frame_shape: Optional[List[int]] = None  # [h, w] patch rows x columns (h * w = tokens_per_frame); None: unknown
+
+    def geometry(self) -> dict[str, Any]:
+        """The :class:`Geometry` fields as plain values (to carry a geometry into another config)."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(Geometry)}
+
+    def with_counts(self, shots: int | None, frames: Any) -> LayoutConfig:
+        """This geometry with ``shots`` shots of ``frames`` frames: one layout."""
+        return LayoutConfig(shots=shots, frames=frames, **self.geometry())
+
+
+@dataclass
+class LayoutConfig(Geometry):
+    """One token layout: a :class:`Geometry` with its shot and frame counts. ``frames`` and ``text_tokens``
+    are an int (same for every shot) or a list per shot."""
 
     shots: Optional[int] = None  # None: from the lists' length, else 1
     frames: Any = 16
-    tokens_per_frame: int = 256
-    text_tokens: Any = 64
-    text_placement: str = "interleaved"
-    frame_shape: Optional[List[int]] = None  # [h, w] patch rows x columns (h * w = tokens_per_frame); None: unknown
+    text_tokens: Any = 16  # an int, or one per shot (a list)
 
     def build(self) -> TokenLayout:
-        frames, text = plain(self.frames), plain(self.text_tokens)
-        frame_shape = plain(self.frame_shape)
+        """The :class:`~mocbench.TokenLayout` (validated there: a ValueError / TypeError names the field)."""
+        frames, text, frame_shape = plain(self.frames), plain(self.text_tokens), plain(self.frame_shape)
         shots = self.shots
         if shots is None:
             shots = len(frames) if isinstance(frames, list) else 1
@@ -51,6 +74,10 @@ class LayoutConfig:
                                            text_placement=self.text_placement, frame_shape=frame_shape)
         return TokenLayout.multi_shot(text_tokens=text, frames=frames, tokens_per_frame=self.tokens_per_frame,
                                       text_placement=self.text_placement, shots=shots, frame_shape=frame_shape)
+
+    def key_fields(self) -> dict[str, Any]:
+        """Every field as a plain value, unset (None) ones left out: what a key hashes."""
+        return {f.name: v for f in fields(self) if (v := plain(getattr(self, f.name))) is not None}
 
 
 @dataclass
@@ -69,7 +96,8 @@ class PlanConfig:
     ``block_shape`` is the ``[bq, bk]`` grid of the block density column (moc-spec §10).
     """
 
-    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    layout: LayoutConfig = field(default_factory=lambda: LayoutConfig(frames=16, tokens_per_frame=256,
+                                                                      text_tokens=64))
     backend: str = "moc"
     params: Dict[str, Any] = field(default_factory=dict)
     compare: List[Any] = field(default_factory=lambda: ["dense"])
@@ -154,6 +182,20 @@ def parse_overrides(overrides: list[str] | None) -> list[str]:
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     return overrides
+
+
+def dotlist(d: dict, prefix: str = "") -> list[str]:
+    """A nested mapping as ``key=value`` overrides (dotted keys; lists as ``[a,b]``, None as ``null``)."""
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += dotlist(v, key + ".")
+        elif isinstance(v, list):
+            out.append(f"{key}=[{','.join(map(str, v))}]")
+        else:
+            out.append(f"{key}={'null' if v is None else v}")
+    return out
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:

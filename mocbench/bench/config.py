@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from mocbench.config import (
     BackendConfig,
     ConfigError,
+    Geometry,
     LayoutConfig,
     config_errors,
     load_config,
@@ -54,16 +55,14 @@ class BackendEntry(BackendConfig):
 
 
 @dataclass
-class WorkloadConfig:
-    """A workload family: every (shots, frames) pair is one layout; every pass one cell."""
+class WorkloadConfig(Geometry):
+    """A workload family: a :class:`~mocbench.config.Geometry` (``tokens_per_frame``, ``text_tokens``,
+    ``text_placement``, ``frame_shape``) swept over ``shots`` x ``frames``; every (shots, frames) pair is one
+    layout, every pass one cell."""
 
     name: str = "multishot"
     shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     frames: list[int] = field(default_factory=lambda: [4])  # frames per shot
-    tokens_per_frame: int = 64
-    text_tokens: int = 16  # caption tokens per shot (or the one global caption)
-    text_placement: str = "interleaved"
-    frame_shape: list[int] | None = None  # [h, w] patch grid of a frame (h * w = tokens_per_frame); spatial families
     batch: int = 1
     heads: int = 2
     head_dim: int = 64
@@ -129,11 +128,7 @@ class Cell:
     params: dict
     label: str
     workload: str
-    shots: int
-    frames: int
-    tokens_per_frame: int
-    text_tokens: int
-    text_placement: str
+    geometry: LayoutConfig  # the workload's geometry with this cell's shots and frames
     batch: int
     heads: int
     head_dim: int
@@ -141,12 +136,9 @@ class Cell:
     device: str
     pass_: str
     key: str
-    frame_shape: tuple[int, int] | None = None
 
     def layout(self) -> TokenLayout:
-        return LayoutConfig(shots=self.shots, frames=self.frames, tokens_per_frame=self.tokens_per_frame,
-                            text_tokens=self.text_tokens, text_placement=self.text_placement,
-                            frame_shape=None if self.frame_shape is None else list(self.frame_shape)).build()
+        return self.geometry.build()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -194,15 +186,11 @@ def check_config(cfg: BenchConfig) -> None:
             values = getattr(w, key)
             if not values or any(v < 1 for v in values):
                 raise ConfigError(f"{at}.{key} must be a non-empty list of ints >= 1, got {list(values)}")
-        for key in ("tokens_per_frame", "batch", "heads", "head_dim"):
+        for key in ("batch", "heads", "head_dim"):
             if getattr(w, key) < 1:
                 raise ConfigError(f"{at}.{key} must be >= 1, got {getattr(w, key)}")
-        if w.text_tokens < 0:
-            raise ConfigError(f"{at}.text_tokens must be >= 0, got {w.text_tokens}")
-        try:
-            LayoutConfig(shots=w.shots[0], frames=w.frames[0], tokens_per_frame=w.tokens_per_frame,
-                         text_tokens=w.text_tokens, text_placement=w.text_placement,
-                         frame_shape=plain(w.frame_shape)).build()
+        try:  # the geometry, checked where every layout is built
+            w.with_counts(w.shots[0], w.frames[0]).build()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{at}: {exc}") from None
     if cfg.threads is not None and cfg.threads < 1:
@@ -269,11 +257,12 @@ def expand_cells(cfg: BenchConfig) -> list[Cell]:
                 for pass_ in w.passes:
                     for b in cfg.backends:
                         params = dict(plain(b.params))
-                        shape = dict(workload=w.name, shots=shots, frames=frames, tokens_per_frame=w.tokens_per_frame,
-                                     text_tokens=w.text_tokens, text_placement=w.text_placement, batch=w.batch,
-                                     heads=w.heads, head_dim=w.head_dim, dtype=w.dtype, device=w.device, pass_=pass_)
-                        if w.frame_shape is not None:  # only then part of the key: older stores keep theirs
-                            shape["frame_shape"] = tuple(plain(w.frame_shape))
-                        key = stable_hash({"backend": b.name, "params": params, **shape, **settings})
-                        cells.append(Cell(backend=b.name, params=params, label=entry_label(b), key=key, **shape))
+                        geometry = w.with_counts(shots, frames)
+                        shape = {"workload": w.name, "batch": w.batch, "heads": w.heads, "head_dim": w.head_dim,
+                                 "dtype": w.dtype, "device": w.device, "pass_": pass_}
+                        # the geometry's fields flat in the key, unset ones left out (older stores keep theirs)
+                        key = stable_hash({"backend": b.name, "params": params, **geometry.key_fields(), **shape,
+                                           **settings})
+                        cells.append(Cell(backend=b.name, params=params, label=entry_label(b), geometry=geometry,
+                                          key=key, **shape))
     return cells

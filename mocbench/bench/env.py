@@ -62,6 +62,15 @@ def environment(device: str = "cpu") -> dict[str, str]:
     return {**_static_environment(device), "env_threads": str(torch.get_num_threads())}
 
 
+def local_environment() -> dict[str, str]:
+    """:func:`environment` of this process's default device (CUDA when available); a failing CUDA query
+    records the host only."""
+    try:
+        return environment("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, AssertionError):
+        return environment("cpu")
+
+
 def comparable_environment(device: str = "cpu") -> dict[str, str]:
     """The :data:`COMPARABLE` fields of this process for ``device``."""
     env = environment(device)

@@ -67,9 +67,8 @@ def cell_memory_bytes(backend: AttentionBackend, cell: Cell, cfg: BenchConfig) -
     if not cfg.validate.enabled:
         return need
     v = cfg.validate
-    small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens, cell.text_placement,
-                         max_frames=v.max_frames, max_tokens_per_frame=v.max_tokens_per_frame,
-                         max_text_tokens=v.max_text_tokens, frame_shape=cell.frame_shape)
+    small = small_layout(cell.geometry, max_frames=v.max_frames, max_tokens_per_frame=v.max_tokens_per_frame,
+                         max_text_tokens=v.max_text_tokens)
     ls = small.num_tokens
     small_rows, scores = v.heads * ls * cell.head_dim, v.heads * ls * ls
     check = small_rows * (3 * 8 + 3 * e + 8 + e) + scores * (3 + 1 + 3 * 8)  # inputs, outputs, pattern, oracle

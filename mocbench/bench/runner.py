@@ -58,8 +58,8 @@ def run_bench(cfg: BenchConfig, *, output: str | None = None, policy: ResumePoli
                 store.refresh()  # another writer may have finished this cell meanwhile
                 if needs_run(store, cell.key, policy, env_of[cell.key]):
                     if bar:
-                        bar.update(task, description=f"{cell.label} | {cell.workload} shots={cell.shots} "
-                                                     f"frames={cell.frames} {cell.pass_}")
+                        bar.update(task, description=f"{cell.label} | {cell.workload} shots={cell.geometry.shots} "
+                                                     f"frames={cell.geometry.frames} {cell.pass_}")
                     row = measure_cell(cell, cfg)
                     row["config_hash"], row["config_name"] = chash, cfg.name
                     store.add(row)
@@ -83,13 +83,13 @@ def _progress(enabled: bool):
 
 def cell_row(cell: Cell, backend: AttentionBackend | None) -> dict:
     """The descriptive columns of a cell's row (no measurements)."""
-    layout = cell.layout()
+    layout, g = cell.layout(), cell.geometry
     row = {
         "key": cell.key, "backend": cell.backend, "label": cell.label,
         "family": backend.family if backend is not None else "",
-        "params": json.dumps(cell.params, sort_keys=True), "workload": cell.workload, "shots": cell.shots,
-        "frames": cell.frames, "tokens_per_frame": cell.tokens_per_frame, "text_tokens": cell.text_tokens,
-        "text_placement": cell.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
+        "params": json.dumps(cell.params, sort_keys=True), "workload": cell.workload, "shots": g.shots,
+        "frames": g.frames, "tokens_per_frame": g.tokens_per_frame, "text_tokens": g.text_tokens,
+        "text_placement": g.text_placement, "tokens": layout.num_tokens, "layout": layout.describe(),
         "batch": cell.batch, "heads": cell.heads, "head_dim": cell.head_dim, "dtype": cell.dtype,
         "device": cell.device, "pass": cell.pass_,
         "impl": backend.implementation(cell.device) if backend is not None else "",
@@ -128,10 +128,8 @@ def measure_cell(cell: Cell, cfg: BenchConfig) -> dict:
     try:
         if cfg.validate.enabled:
             v = cfg.validate
-            small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens,
-                                 cell.text_placement, max_frames=v.max_frames,
-                                 max_tokens_per_frame=v.max_tokens_per_frame, max_text_tokens=v.max_text_tokens,
-                                 frame_shape=cell.frame_shape)
+            small = small_layout(cell.geometry, max_frames=v.max_frames, max_tokens_per_frame=v.max_tokens_per_frame,
+                                 max_text_tokens=v.max_text_tokens)
             check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype,
                                      device=cell.device, heads=v.heads, seed=v.seed, grads=cell.pass_ == "fwd+bwd")
             row.update(validation_max_err=check.max_abs_err, validation_tol=check.tolerance)

@@ -14,7 +14,7 @@ rounding than outputs).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,20 +59,18 @@ def masked_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern_
     return torch.softmax(scores, dim=-1) @ v64
 
 
-def small_layout(shots: int, frames: int, tokens_per_frame: int, text_tokens: int, text_placement: str, *,
-                 max_frames: int, max_tokens_per_frame: int, max_text_tokens: int,
-                 frame_shape: tuple[int, int] | None = None) -> TokenLayout:
+def small_layout(geometry: LayoutConfig, *, max_frames: int, max_tokens_per_frame: int,
+                 max_text_tokens: int) -> TokenLayout:
     """The cell's layout shrunk for validation; the shot structure is kept, and a frame geometry stays a
     geometry (at most 2 rows, then as many columns as ``max_tokens_per_frame`` allows)."""
-    shape = None
+    tokens_per_frame, frame_shape = geometry.tokens_per_frame, geometry.frame_shape
     if frame_shape is not None:
         h = min(frame_shape[0], 2, max_tokens_per_frame)
-        shape = [h, min(frame_shape[1], max(1, max_tokens_per_frame // h))]
-        tokens_per_frame = shape[0] * shape[1]
-    return LayoutConfig(shots=shots, frames=min(frames, max_frames),
-                        tokens_per_frame=min(tokens_per_frame, max_tokens_per_frame),
-                        text_tokens=min(text_tokens, max_text_tokens), text_placement=text_placement,
-                        frame_shape=shape).build()
+        frame_shape = [h, min(frame_shape[1], max(1, max_tokens_per_frame // h))]
+        tokens_per_frame = frame_shape[0] * frame_shape[1]
+    return replace(geometry, frames=min(geometry.frames, max_frames),
+                   tokens_per_frame=min(tokens_per_frame, max_tokens_per_frame),
+                   text_tokens=min(geometry.text_tokens, max_text_tokens), frame_shape=frame_shape).build()
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:

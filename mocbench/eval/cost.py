@@ -13,26 +13,16 @@ import json
 from pathlib import Path
 
 from mocbench.eval.samples import SampleSet
+from mocbench.registry import get_backend
+from mocbench.tasks.checkpoint import read_checkpoint
+from mocbench.tasks.config import load_task_config, task_layout
 
 
 def attention_cost(checkpoint: str | Path, backend: str, backend_params: dict) -> dict[str, float]:
     """Sparsity, per-sample attention FLOPs (all layers, one forward) and the dense FLOPs for scale."""
-    from mocbench.registry import get_backend
-    from mocbench.tasks.checkpoint import read_checkpoint
-    from mocbench.tasks.config import load_task_config
-
     hp = read_checkpoint(checkpoint, "cost: checkpoint")["hyper_parameters"]
     cfg = load_task_config(base=hp["config"])
-    d, m = cfg.data, cfg.model
-    tpf = (d.height // m.patch_size) * (d.width // m.patch_size)
-    frames = d.frames // m.temporal_patch
-    from mocbench.layout import TokenLayout
-
-    if d.shots == 1:
-        layout = TokenLayout.single_shot(text_tokens=d.text_tokens, frames=frames, tokens_per_frame=tpf)
-    else:
-        layout = TokenLayout.multi_shot(text_tokens=[d.text_tokens] * d.shots, frames=[frames] * d.shots,
-                                        tokens_per_frame=tpf)
+    m, layout = cfg.model, task_layout(cfg)
     stats = get_backend(backend, **backend_params).estimate(layout, head_dim=m.dim // m.heads, heads=m.heads)
     return {"sparsity": float(stats.sparsity), "attn_gflops": m.depth * stats.total_flops / 1e9,
             "dense_attn_gflops": m.depth * stats.dense_flops / 1e9, "tokens": layout.num_tokens}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mocbench.registry import get_backend
+
 SHOT_GAP = 1  # black frames between shots (mocbench.tasks.media.write_mp4's default)
 
 
@@ -61,8 +63,6 @@ class SampleSet:
     @cached_property
     def label(self) -> str:
         """Registry label of the backend (name + non-default params), as in benchmark rows."""
-        from mocbench.registry import get_backend
-
         try:
             return get_backend(self.backend, **self.backend_params).label
         except (KeyError, TypeError, ValueError):

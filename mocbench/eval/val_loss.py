@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 
+from mocbench.tasks.flow import flow_loss
+from mocbench.tasks.lightning_module import load_task
+from mocbench.tasks.train import build_datamodule, torch_threads
+
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # t = 1 is pure noise
 
 
@@ -21,10 +25,6 @@ def validation_loss(checkpoint: str | Path, backend: str, backend_params: dict |
                     num: int | None = None, noise_seed: int = 1234, batch_size: int = 8,
                     timesteps: tuple[float, ...] = TIMESTEPS) -> dict[str, float]:
     """``{"val_loss": mean, "val_loss_t0.1": ..., ...}`` over the held-out set at ``timesteps``."""
-    from mocbench.tasks.flow import flow_loss
-    from mocbench.tasks.lightning_module import load_task
-    from mocbench.tasks.train import build_datamodule, torch_threads
-
     overrides = [f"backend.name={backend}"] + [f"backend.params.{k}={v}" for k, v in (backend_params or {}).items()]
     task = load_task(str(checkpoint), overrides)  # the same overrides `mocbench sample` applied
     with torch_threads(task.cfg.threads):

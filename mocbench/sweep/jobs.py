@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mocbench.bench.store import FINISHED
+import torch
+
+from mocbench.bench.store import FINISHED, ResultStore
 from mocbench.sweep.spec import SweepCell
-from mocbench.sweep.stages import shared_training
+from mocbench.sweep.stages import Context, run_cell, shared_training
 
 
 @dataclass
@@ -87,12 +89,6 @@ def finished_since_planned(row: dict | None, seen: str) -> bool:
 def run_job(job: SweepJob, log: Callable[[str], None] = print,
             on_row: Callable[[dict], None] | None = None) -> dict[str, str]:
     """Run the job's cells that are not finished since it was planned; each row goes into the store."""
-    import torch
-
-    from mocbench.bench.store import ResultStore
-    from mocbench.sweep.runner import run_cell
-    from mocbench.sweep.stages import Context
-
     threads = torch.get_num_threads()
     if job.threads is not None:
         torch.set_num_threads(job.threads)

@@ -12,6 +12,7 @@ from typing import Any
 
 from mocbench.errors import ConfigError, require_int
 
+LAUNCHERS = ("local", "submitit")  # --launcher (one module each in mocbench.sweep.launchers)
 CLUSTERS = ("slurm", "local", "debug")
 GROUP_BY = ("training", "cell")
 # sbatch options with a key of their own here: giving them in slurm_additional_parameters would be ambiguous

@@ -2,7 +2,8 @@
 and shot-to-shot routing heatmaps from the ``routing.json`` files recorded while sampling.
 
 * ``ablations.md`` / ``.tex`` / ``.csv``: one section per ablation, one row per cell: analytic and
-  measured (routed) sparsity, quality (PSNR / SSIM vs dense, held-out loss, memory probe), routing
+  measured (routed) sparsity, quality (PSNR / SSIM vs dense, held-out loss, entity / scene recall of
+  :mod:`mocbench.eval.recall` with its chance level), routing
   (cross-shot fraction, mutual pairs) and kernel latency;
 * ``figures/pareto.png``: quality vs sparsity, Pareto front marked;
 * ``figures/sparsity_vs_chunk.png``: sparsity vs chunk size at fixed top-k;
@@ -17,22 +18,24 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from rich.console import Console
 
+from mocbench.bench.store import load_table
 from mocbench.bench.tables import to_latex, to_markdown
 from mocbench.errors import ConfigError, read_json
 
 COLUMNS = {  # store column -> table header
     "label": "cell", "est_sparsity": "sparsity (analytic)", "routed_sparsity": "sparsity (routed)",
-    "psnr": "PSNR vs dense", "ssim": "SSIM", "val_loss": "val loss", "identity_consistency": "identity cons.",
-    "scene_consistency": "scene cons.", "cross_shot_fraction": "cross-shot routed", "mutual_rate": "mutual rate",
+    "psnr": "PSNR vs dense", "ssim": "SSIM", "val_loss": "val loss", "entity_recall": "entity recall",
+    "chance": "recall chance", "scene_recall": "scene recall", "cross_shot_fraction": "cross-shot routed",
+    "mutual_rate": "mutual rate",
     "bench_est_sparsity": "bench sparsity", "bench_total_ms": "bench ms", "status": "status",
 }
 
 
 def load_rows(stores) -> pd.DataFrame:
-    from mocbench.bench.store import load_table
-
     df = load_table(stores)
     if "backend" not in df.columns:
         names = ", ".join(map(str, [stores] if isinstance(stores, (str, Path)) else stores))
@@ -170,8 +173,6 @@ def chunk_figure(df: pd.DataFrame, path: Path) -> Path | None:
 
 def routing_figure(files, path: Path) -> Path:
     """Heatmaps of the share of routed slots from query shot a (rows) to shot b (columns)."""
-    import numpy as np
-
     runs = [read_json(f, "routing file") for f in files]
     if not runs:
         raise ValueError("routing figure: no routing files given")
@@ -255,8 +256,6 @@ def write_sweep_report(cfg) -> list[Path]:
 
 
 def cmd_report_sweep(args) -> int:
-    from rich.console import Console
-
     console = Console()
     if args.figure == "routing":
         out = Path(args.out) if args.out else Path(args.stores[0]).parent

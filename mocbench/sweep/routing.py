@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from mocbench.tasks.sample import sample_checkpoint
+
 
 class LayerStats:
     def __init__(self, heads: int, shots: int):
@@ -124,8 +126,6 @@ def summary(store: dict[int, LayerStats], **info) -> dict:
 def sample_with_routing(checkpoint: str, out: str | Path, *, overrides: list[str], num: int, seed: int,
                         steps: int | None, routing_path: str | Path | None) -> dict | None:
     """``mocbench sample`` (same files, same videos) with routing recorded into ``routing_path`` (JSON)."""
-    from mocbench.tasks.sample import sample_checkpoint
-
     store: dict[int, LayerStats] = {}
     loaded = []
 

@@ -1,6 +1,6 @@
 """Run a sweep: plan which cells still need a run, group them into jobs, hand those to a launcher.
 
-A cell runs its stages in order and yields one result row (:func:`run_cell`). Planning
+A cell runs its stages in order and yields one result row (:func:`mocbench.sweep.stages.run_cell`). Planning
 (:func:`plan_sweep`) is the same for every launcher (:mod:`mocbench.sweep.launchers`): a cell runs
 unless the store (``OUT/results.csv``) has its finished row (the resume policy of
 :mod:`mocbench.bench.resume`: ``--retry-failed``, rows from another environment) or a job in the job
@@ -13,87 +13,24 @@ hold ``OUT/.lock``, so two concurrent ``mocbench sweep`` calls never start the s
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from mocbench.bench.env import local_environment
 from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
-from mocbench.bench.store import ResultStore, atomic_write_text
+from mocbench.bench.store import ResultStore
 from mocbench.errors import ConfigError
 from mocbench.sweep.jobs import SweepJob, make_jobs, waits_for
 from mocbench.sweep.launchers import Launcher, make_launcher
 from mocbench.sweep.launchers.job_registry import JobRegistry, active_jobs
 from mocbench.sweep.progress import Progress
-from mocbench.sweep.spec import STAGES, SweepCell, SweepConfig, expand
-from mocbench.sweep.stages import STAGE_FNS, Context, locked
+from mocbench.sweep.spec import SweepCell, SweepConfig, expand
+from mocbench.sweep.stages import locked
 
-
-def base_row(cell: SweepCell, name: str) -> dict:
-    b = cell.config.backend
-    row = {"key": cell.key, "config_name": name, "backend": b.name, "params": json.dumps(b.params, sort_keys=True),
-           "label": cell.label, "ablation": ";".join(cell.ablations), "axes": json.dumps(cell.axes, sort_keys=True),
-           "stages": "+".join(s for s in STAGES if s in cell.config.stages)}
-    for k, v in cell.axes.items():
-        row[f"axis.{k}"] = v
-    try:
-        from mocbench.sweep.estimate import cell_estimate
-
-        row.update(cell_estimate(cell))
-    except Exception as exc:  # noqa: BLE001 -- an estimate is informative only
-        row["est_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    return row
-
-
-def run_cell(cell: SweepCell, ctx: Context, stage_fns: dict | None = None) -> dict:
-    """All stages of ``cell`` (finished ones read from their markers); never raises on a stage error."""
-    fns = {**STAGE_FNS, **(stage_fns or {})}
-    cdir = ctx.cell_dir(cell)
-    (cdir / "stages").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cdir / "cell.json", json.dumps({"key": cell.key, "ablations": cell.ablations, "axes": cell.axes,
-                                                     "label": cell.label}, default=str))
-    row = base_row(cell, ctx.name)
-    ctx.state = {}
-    t0 = time.perf_counter()
-    for stage in (s for s in STAGES if s in cell.config.stages):
-        marker = cdir / "stages" / f"{stage}.json"
-        if marker.is_file():
-            result = json.loads(marker.read_text())
-        else:
-            ctx.log(f"[{cell.label}] {stage}")
-            try:
-                result = fns[stage](cell, ctx)
-            except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
-                atomic_write_text(cdir / "error.txt", traceback.format_exc())
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
-                row.update(status="failed", reason=f"{stage}: {type(exc).__name__}: {first}", failed_stage=stage)
-                return _finish(row, cdir, t0)
-            atomic_write_text(marker, json.dumps(result, default=str))
-        ctx.state.update(result)
-        row.update(result)
-    row.update(status="ok", reason="")
-    return _finish(row, cdir, t0)
-
-
-def _environment() -> dict:
-    import torch
-
-    from mocbench.bench.env import environment
-
-    try:
-        return environment("cuda" if torch.cuda.is_available() else "cpu")
-    except (RuntimeError, AssertionError):  # a CUDA query failed: record the host only
-        return environment("cpu")
-
-
-def _finish(row: dict, cdir: Path, t0: float) -> dict:
-    row.update(_environment())
-    row.update(finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               cell_seconds=round(time.perf_counter() - t0, 1))
-    atomic_write_text(cdir / "row.json", json.dumps(row, default=str))
-    return row
+# memory/runner.py still imports this name; it goes when that module imports local_environment
+_environment = local_environment
 
 
 @dataclass
@@ -115,7 +52,7 @@ def plan_sweep(cfg: SweepConfig, cells: list[SweepCell], store: ResultStore, lau
     registry = JobRegistry(cfg.out_path)
     active = active_jobs(registry) if registry.path.is_file() else []
     held = {key: f"job {e['job_id']} ({state})" for e, state in active for key in e["keys"]}
-    env = {k: v for k, v in _environment().items() if k in launcher.comparable}
+    env = {k: v for k, v in local_environment().items() if k in launcher.comparable}
     if cfg.threads is not None and "env_threads" in env:  # what the jobs will run with
         env["env_threads"] = str(cfg.threads)
     notices = foreign_notices(store, [c.key for c in cells if c.key not in held], policy, lambda key: env)
@@ -138,8 +75,6 @@ def run_sweep(cfg: SweepConfig, *, launcher: str = "local", wait: bool = True, r
     only) returns once the jobs are submitted. A finished row measured in another environment is run
     again with its own stage markers cleared, unless ``reuse_foreign``; shared training runs
     (``OUT/train``, ``OUT/finetune``) are reused either way."""
-    import torch
-
     threads = torch.get_num_threads()
     try:
         return _run_sweep(cfg, launcher, wait, retry_failed, reuse_foreign, progress, stage_fns, log)
@@ -148,8 +83,6 @@ def run_sweep(cfg: SweepConfig, *, launcher: str = "local", wait: bool = True, r
 
 
 def _run_sweep(cfg, launcher, wait, retry_failed, reuse_foreign, progress, stage_fns, log) -> ResultStore:
-    import torch
-
     cells = expand(cfg)
     out = Path(cfg.out_path)
     store = ResultStore(out / "results.csv")

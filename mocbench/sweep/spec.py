@@ -10,13 +10,16 @@ cell is a hash of its resolved config, so a cell that appears in two ablations r
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from mocbench.config import BackendConfig, ConfigError, config_errors, load_config, plain, stable_hash
+from mocbench.bench.config import DTYPES, PASSES
+from mocbench.config import BackendConfig, ConfigError, Geometry, config_errors, load_config, plain, stable_hash
 from mocbench.errors import require_int
+from mocbench.eval.runner import EVALUATORS
+from mocbench.registry import get_backend
 from mocbench.sweep.launcher_config import LauncherConfig, check_launcher_config
 
 STAGES = ("train", "finetune", "sample", "eval", "bench")
@@ -48,13 +51,13 @@ class EvalSpec:
 
 
 @dataclass
-class BenchSpec:
-    """Kernel latency of the cell's backend on one workload (mocbench.bench.runner.measure_cell)."""
+class BenchSpec(Geometry):
+    """Kernel latency of the cell's backend on one workload (mocbench.bench.runner.measure_cell): a
+    :class:`~mocbench.config.Geometry` (``tokens_per_frame``, ``text_tokens``, ``text_placement``,
+    ``frame_shape``) with one shot and frame count."""
 
     shots: int = 4
     frames: int = 8
-    tokens_per_frame: int = 64
-    text_tokens: int = 16
     heads: int = 2
     head_dim: int = 64
     batch: int = 1
@@ -165,9 +168,6 @@ def build_cell(base: CellConfig, values: dict[str, Any]) -> CellConfig:
 
 
 def check_cell(cell: CellConfig, where: str) -> None:
-    from mocbench.eval.runner import EVALUATORS
-    from mocbench.registry import get_backend
-
     bad = [s for s in cell.stages if s not in STAGES]
     if bad:
         raise ConfigError(f"{where}: stages: unknown stage(s) {bad}; known: {', '.join(STAGES)}")
@@ -192,17 +192,18 @@ def check_cell(cell: CellConfig, where: str) -> None:
 
 
 def check_numbers(cell: CellConfig, where: str) -> None:
-    """Counts and sizes of the sample, eval and bench stages (>= 1; warm-up >= 0; a time limit > 0)."""
-    from mocbench.bench.config import DTYPES, PASSES
-
+    """Counts and sizes of the sample, eval and bench stages (>= 1; warm-up >= 0; a time limit > 0), and the
+    bench layout (checked where every layout is built)."""
     s, b = cell.sample, cell.bench
     for key, value, low in (("sample.num", s.num, 1), ("sample.steps", s.steps, 1),
                             ("eval.val_num", cell.eval.val_num, 1), ("bench.warmup", b.warmup, 0),
-                            *((f"bench.{k}", getattr(b, k), 1) for k in ("shots", "frames", "tokens_per_frame",
-                                                                         "heads", "head_dim", "batch", "repeats")),
-                            ("bench.text_tokens", b.text_tokens, 0)):
+                            *((f"bench.{k}", getattr(b, k), 1) for k in ("heads", "head_dim", "batch", "repeats"))):
         if value is not None:
             require_int(f"{where}: {key}", value, low)
+    try:
+        b.with_counts(b.shots, b.frames).build()
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: bench: {exc}") from None
     if not b.max_seconds_per_cell > 0:
         raise ConfigError(f"{where}: bench.max_seconds_per_cell must be > 0, got {b.max_seconds_per_cell}")
     if b.dtype not in DTYPES:
@@ -216,12 +217,13 @@ def _resolved_params(spec: BackendConfig | None) -> Any:
     """A backend's params with its defaults filled in (so ``{}`` and the explicit defaults hash alike)."""
     if spec is None:
         return None
-    from dataclasses import is_dataclass
-
-    from mocbench.registry import get_backend
-
     p = get_backend(spec.name, **spec.params).params
     return {"name": spec.name, "params": asdict(p) if is_dataclass(p) else dict(spec.params)}
+
+
+# Fields added to the cell config after sweeps had been run: out of the hash at their defaults (stable keys).
+# Geometry fields added later default to None and are left out when unset, as in bench cell keys.
+_ADDED_LATER = (("eval", "vbench"), ("bench", "text_placement"))
 
 
 def cell_key(cell: CellConfig) -> str:
@@ -230,8 +232,11 @@ def cell_key(cell: CellConfig) -> str:
     d["backend"] = _resolved_params(cell.backend)
     d["train"]["backend"] = _resolved_params(cell.train.backend)
     d["eval"]["reference"] = _resolved_params(cell.eval.reference)
-    if not d["eval"]["vbench"]:  # fields added later stay out of the hash at their defaults (stable keys)
-        del d["eval"]["vbench"]
+    d["bench"] = {k: v for k, v in d["bench"].items() if v is not None}
+    defaults = asdict(CellConfig())
+    for section, key in _ADDED_LATER:
+        if d[section][key] == defaults[section][key]:
+            del d[section][key]
     return stable_hash(d)
 
 

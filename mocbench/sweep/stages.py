@@ -11,17 +11,30 @@ keyed by what it depends on and guarded by a file lock, so cells (and GPU worker
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
 import json
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mocbench.bench.store import atomic_write_text
-from mocbench.config import BackendConfig, stable_hash
-from mocbench.sweep.spec import SweepCell
+import torch
+
+from mocbench.bench.config import BackendEntry, BenchConfig, TimingConfig, WorkloadConfig, expand_cells
+from mocbench.bench.env import local_environment
+from mocbench.bench.runner import measure_cell
+from mocbench.bench.store import ResultStore, atomic_write_text
+from mocbench.config import BackendConfig, dotlist, stable_hash
+from mocbench.eval.runner import EvalRequest, evaluate
+from mocbench.eval.vbench_real import VBenchSettings
+from mocbench.sweep.estimate import cell_estimate
+from mocbench.sweep.routing import sample_with_routing
+from mocbench.sweep.spec import STAGES, SweepCell
+from mocbench.tasks.config import load_task_config
+from mocbench.tasks.train import train
 
 # eval-store columns that are bookkeeping, not metrics
 _META = {"key", "config_hash", "config_name", "status", "reason", "backend", "label", "family", "params", "finished_at",
@@ -55,19 +68,6 @@ def locked(directory: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def dotlist(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out += dotlist(v, key + ".")
-        elif isinstance(v, list):
-            out.append(f"{key}=[{','.join(map(str, v))}]")
-        else:
-            out.append(f"{key}={'null' if v is None else v}")
-    return out
-
-
 def backend_overrides(b: BackendConfig) -> list[str]:
     return [f"backend.name={b.name}", *dotlist(b.params, "backend.params.")]
 
@@ -77,10 +77,9 @@ def run_dir(kind: str, task_config: str, overrides: list[str]) -> str:
     return f"{kind}/{short_hash({'task_config': task_config, 'overrides': overrides})}"
 
 
-def _train_run(ctx: Context, kind: str, task_config: str, overrides: list[str]) -> dict:
-    from mocbench.tasks.config import load_task_config
-    from mocbench.tasks.train import train
-
+def _train_run(ctx: Context, kind: str, task_config: str, overrides: list[str], callbacks: list | None = None) -> dict:
+    """Train once into ``<kind>/<hash>`` (a ``done.json`` marks it finished; a killed run resumes from
+    ``last.ckpt``); ``callbacks``: extra Lightning callbacks (e.g. progress lines)."""
     d = ctx.out / run_dir(kind, task_config, overrides)
     with locked(d):
         done = d / "done.json"
@@ -91,7 +90,7 @@ def _train_run(ctx: Context, kind: str, task_config: str, overrides: list[str]) 
         cfg = load_task_config(task_config, [*overrides, *extra])
         ctx.log(f"{kind}: {d}" + (" (resuming from last.ckpt)" if last.is_file() else ""))
         t0 = time.perf_counter()
-        _, _, final = train(cfg)
+        _, _, final = train(cfg, callbacks=callbacks)
         info = {"checkpoint": str(final), f"{kind}_seconds": round(time.perf_counter() - t0, 1), f"{kind}_dir": str(d)}
         atomic_write_text(done, json.dumps(info))
         return info
@@ -131,10 +130,6 @@ def stage_finetune(cell: SweepCell, ctx: Context) -> dict:
 
 
 def _sample_set(ctx: Context, ckpt: str, backend: BackendConfig, out: Path, spec, routing: Path | None) -> dict:
-    import torch
-
-    from mocbench.sweep.routing import sample_with_routing
-
     t0 = time.perf_counter()
     info = sample_with_routing(ckpt, out, overrides=backend_overrides(backend), num=spec.num, seed=spec.seed,
                                steps=spec.steps, routing_path=routing)
@@ -170,14 +165,9 @@ def stage_sample(cell: SweepCell, ctx: Context) -> dict:
 
 
 def stage_eval(cell: SweepCell, ctx: Context) -> dict:
-    from mocbench.bench.store import ResultStore
-    from mocbench.eval.runner import EvalRequest, evaluate
-
     samples = ctx.state.get("samples") or str(ctx.cell_dir(cell) / "samples")
     ref = reference_samples(cell, ctx, ctx.state["checkpoint"]) if "fidelity" in cell.config.eval.evaluators else None
     store = ctx.cell_dir(cell) / "eval.csv"
-    from mocbench.eval.vbench_real import VBenchSettings
-
     vb = {k: (tuple(v) if k == "dimensions" else v) for k, v in cell.config.eval.vbench.items() if v is not None}
     evaluate(EvalRequest(samples, reference=str(ref) if ref else None, evaluators=tuple(cell.config.eval.evaluators),
                          store=str(store), config_name=ctx.name, val_num=cell.config.eval.val_num,
@@ -195,14 +185,10 @@ def stage_eval(cell: SweepCell, ctx: Context) -> dict:
 
 
 def stage_bench(cell: SweepCell, ctx: Context) -> dict:
-    from mocbench.bench.config import BackendEntry, BenchConfig, TimingConfig, WorkloadConfig, expand_cells
-    from mocbench.bench.runner import measure_cell
-
     b, be = cell.config.bench, cell.config.backend
-    device = "cuda" if _cuda() else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = BenchConfig(name=ctx.name, backends=[BackendEntry(name=be.name, params=dict(be.params))],
-                      workloads=[WorkloadConfig(name="sweep", shots=[b.shots], frames=[b.frames],
-                                                tokens_per_frame=b.tokens_per_frame, text_tokens=b.text_tokens,
+                      workloads=[WorkloadConfig(name="sweep", shots=[b.shots], frames=[b.frames], **b.geometry(),
                                                 batch=b.batch, heads=b.heads, head_dim=b.head_dim, dtype=b.dtype,
                                                 device=device, passes=list(b.passes))],
                       timing=TimingConfig(warmup=b.warmup, repeats=b.repeats,
@@ -220,13 +206,59 @@ def stage_bench(cell: SweepCell, ctx: Context) -> dict:
     return out
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 STAGE_FNS: dict[str, Callable[[SweepCell, Context], dict]] = {
     "train": stage_train, "finetune": stage_finetune, "sample": stage_sample, "eval": stage_eval,
     "bench": stage_bench,
 }
+
+
+def base_row(cell: SweepCell, name: str) -> dict:
+    b = cell.config.backend
+    row = {"key": cell.key, "config_name": name, "backend": b.name, "params": json.dumps(b.params, sort_keys=True),
+           "label": cell.label, "ablation": ";".join(cell.ablations), "axes": json.dumps(cell.axes, sort_keys=True),
+           "stages": "+".join(s for s in STAGES if s in cell.config.stages)}
+    for k, v in cell.axes.items():
+        row[f"axis.{k}"] = v
+    try:
+        row.update(cell_estimate(cell))
+    except Exception as exc:  # noqa: BLE001 -- an estimate is informative only
+        row["est_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    return row
+
+
+def run_cell(cell: SweepCell, ctx: Context, stage_fns: dict | None = None) -> dict:
+    """All stages of ``cell`` (finished ones read from their markers); never raises on a stage error."""
+    fns = {**STAGE_FNS, **(stage_fns or {})}
+    cdir = ctx.cell_dir(cell)
+    (cdir / "stages").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cdir / "cell.json", json.dumps({"key": cell.key, "ablations": cell.ablations, "axes": cell.axes,
+                                                     "label": cell.label}, default=str))
+    row = base_row(cell, ctx.name)
+    ctx.state = {}
+    t0 = time.perf_counter()
+    for stage in (s for s in STAGES if s in cell.config.stages):
+        marker = cdir / "stages" / f"{stage}.json"
+        if marker.is_file():
+            result = json.loads(marker.read_text())
+        else:
+            ctx.log(f"[{cell.label}] {stage}")
+            try:
+                result = fns[stage](cell, ctx)
+            except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
+                atomic_write_text(cdir / "error.txt", traceback.format_exc())
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                row.update(status="failed", reason=f"{stage}: {type(exc).__name__}: {first}", failed_stage=stage)
+                return _finish(row, cdir, t0)
+            atomic_write_text(marker, json.dumps(result, default=str))
+        ctx.state.update(result)
+        row.update(result)
+    row.update(status="ok", reason="")
+    return _finish(row, cdir, t0)
+
+
+def _finish(row: dict, cdir: Path, t0: float) -> dict:
+    row.update(local_environment())
+    row.update(finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               cell_seconds=round(time.perf_counter() - t0, 1))
+    atomic_write_text(cdir / "row.json", json.dumps(row, default=str))
+    return row

@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 
 from mocbench.config import BackendConfig, ConfigError, config_errors, load_config, parse_overrides
 from mocbench.errors import require_int
-from mocbench.tasks.model import ModelConfig
+from mocbench.layout import TokenLayout
+from mocbench.registry import get_backend, list_backends
+from mocbench.tasks.model import ModelConfig, stream_layout
 from mocbench.tasks.shapeshots import PATTERNS, SHAPES, SIZES, STORY_KINDS, TEXTURES
 
 TASKS = ("multi_shot", "single_shot")
@@ -116,6 +118,12 @@ def load_task_config(path: str | None = None, overrides: list[str] | None = None
     return cfg
 
 
+def task_layout(cfg: TaskConfig) -> TokenLayout:
+    """The layout the task's model attends over for one sample of its data (see ``stream_layout``)."""
+    d = cfg.data
+    return stream_layout(cfg.model, d.shots, d.frames, d.height, d.width, d.text_tokens)
+
+
 def to_dict(cfg: TaskConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
@@ -184,18 +192,16 @@ def check_sample_settings(sc: SampleConfig) -> None:
 
 
 def check_backend(b: BackendConfig) -> None:
-    import mocbench
-
     try:
-        mocbench.get_backend(b.name, **dict(b.params))
+        get_backend(b.name, **dict(b.params))
     except (KeyError, ValueError, TypeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        key = "backend.name" if b.name not in mocbench.list_backends() else "backend.params"
+        key = "backend.name" if b.name not in list_backends() else "backend.params"
         raise ConfigError(f"{key}: {msg}") from None
 
 
 def check_trainer_keys(trainer: dict) -> None:
-    import lightning as L
+    import lightning as L  # seconds to import: only this check needs it, so loading a task config stays quick
 
     known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     unknown = sorted(set(trainer) - known)

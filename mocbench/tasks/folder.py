@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import imageio.v2 as imageio
 import lightning as L
 import numpy as np
 import torch
@@ -58,8 +59,6 @@ def read_index(root: Path, index: str, shots: int) -> list[dict]:
 
 def read_video(path: Path) -> np.ndarray:
     """All frames of an mp4 as uint8 ``(N, H, W, 3)``."""
-    import imageio.v2 as imageio
-
     with imageio.get_reader(str(path), format="FFMPEG") as reader:
         return np.stack([np.asarray(f)[..., :3] for f in reader])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 
@@ -23,8 +24,6 @@ def to_uint8(video: torch.Tensor | np.ndarray, scale: int = 1) -> np.ndarray:
 
 def write_mp4(path: str | Path, video: torch.Tensor, fps: int = 4, scale: int = 4, shot_gap: int = 1) -> Path:
     """All shots one after another, with ``shot_gap`` black frames between shots."""
-    import imageio.v2 as imageio
-
     frames = to_uint8(video, scale)
     S, _F, H, W, _ = frames.shape
     pad_h, pad_w = (-H) % 16, (-W) % 16  # codecs want multiples of 16
@@ -72,7 +71,5 @@ def stack_sheets(sheets: list[np.ndarray], gap: int = 6) -> np.ndarray:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
-    import imageio.v2 as imageio
-
     imageio.imwrite(str(path), image)
     return Path(path)

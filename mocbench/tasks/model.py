@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import mocbench
+from mocbench.config import LayoutConfig
 from mocbench.layout import TokenLayout
 from mocbench.tasks.text import TextEncoder
 
@@ -53,6 +54,17 @@ class DiTShape:
     max_width: int = 64
     text_tokens: int = 16  # max caption tokens per shot
     vocab_size: int = 32
+
+
+def stream_layout(model: ModelConfig, shots: int, frames: int, height: int, width: int,
+                  text_tokens: int) -> TokenLayout:
+    """The layout of the model's stream for ``shots`` shots of ``frames`` pixel frames of ``height x width`` px
+    and ``text_tokens`` caption tokens per shot: interleaved ``text_s, video_s`` (single-shot: one caption, one
+    video); a frame is its grid of ``(H / p) x (W / p)`` patches (the frame geometry), ``ceil(F / pt)`` frames
+    per shot (a last partial temporal patch is padded)."""
+    grid = [height // model.patch_size, width // model.patch_size]  # patch rows x columns
+    return LayoutConfig(shots=shots, frames=-(-frames // model.temporal_patch), tokens_per_frame=grid[0] * grid[1],
+                        text_tokens=text_tokens, text_placement="interleaved", frame_shape=grid).build()
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -161,12 +173,8 @@ class VideoDiT(nn.Module):
             raise ValueError("the model cannot handle this input: " + "; ".join(problems))
 
     def layout_for(self, S: int, F_: int, H: int, W: int, T: int) -> TokenLayout:
-        """The stream's layout: interleaved ``text_s, video_s`` (single-shot: one caption, one video)."""
-        grid = (H // self.shape.model.patch_size, W // self.shape.model.patch_size)  # patch rows x columns
-        frames = -(-F_ // self.shape.model.temporal_patch)  # a last partial temporal patch is padded
-        if S == 1:
-            return TokenLayout.single_shot(text_tokens=T, frames=frames, frame_shape=grid)
-        return TokenLayout.multi_shot(text_tokens=[T] * S, frames=[frames] * S, frame_shape=grid)
+        """The stream's layout (:func:`stream_layout`)."""
+        return stream_layout(self.shape.model, S, F_, H, W, T)
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: torch.Tensor, t_b: torch.Tensor, text_bst: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,11 @@ import torch
 
 from mocbench.config import ConfigError
 from mocbench.errors import check_output_dir, path_error, require_int
+from mocbench.tasks.consistency import summarize
+from mocbench.tasks.data import ShapeShotsDataset, collate
 from mocbench.tasks.lightning_module import VideoTask, load_task
 from mocbench.tasks.media import contact_sheet, stack_sheets, write_mp4, write_png
-from mocbench.tasks.train import torch_threads
+from mocbench.tasks.train import build_datamodule, shapes_config, torch_threads
 
 SAMPLE_TIME_KEYS = ("backend.", "sample.")
 
@@ -33,9 +35,6 @@ def check_sample_overrides(overrides: list[str]) -> None:
 
 def reference_batch(task: VideoTask, num: int, seed: int) -> dict:
     """``num`` ground-truth samples with captions for conditioning (and for the sheets)."""
-    from mocbench.tasks.data import ShapeShotsDataset, collate
-    from mocbench.tasks.train import build_datamodule, shapes_config
-
     cfg = task.cfg
     if cfg.data.source == "folder":
         dm = build_datamodule(cfg)
@@ -114,8 +113,6 @@ def _sample(task: VideoTask, checkpoint, out, num, seed, steps, sampler, guidanc
             "layout": task.model.layout_for(d.shots, d.frames, d.height, d.width, d.text_tokens).describe(),
             "sheet": "one row per shot; left: ground-truth frames, right: generated frames", "samples": meta}
     if task.cfg.data.source == "shapeshots":
-        from mocbench.tasks.consistency import summarize
-
         metas = ref["meta"][:num]
         info["consistency"] = {"generated": summarize(list(videos), metas),
                                "ground_truth": summarize(list(ref["video"][:num]), metas),

@@ -18,6 +18,8 @@ from omegaconf import OmegaConf
 from mocbench.errors import path_error
 from mocbench.tasks.checkpoint import check_fits, model_state, read_checkpoint
 from mocbench.tasks.config import TRAINER_DEFAULTS, TaskConfig, to_dict
+from mocbench.tasks.data import ShapeShotsDataModule, SingleShotDataModule
+from mocbench.tasks.folder import FolderDataModule
 from mocbench.tasks.lightning_module import VideoTask, build_task
 from mocbench.tasks.shapeshots import ShapeShotsConfig
 
@@ -34,13 +36,9 @@ def shapes_config(cfg: TaskConfig) -> ShapeShotsConfig:
 def build_datamodule(cfg: TaskConfig) -> L.LightningDataModule:
     d = cfg.data
     if d.source == "folder":
-        from mocbench.tasks.folder import FolderDataModule
-
         return FolderDataModule(d.root, index=d.index, shots=d.shots, frames=d.frames, height=d.height, width=d.width,
                                 text_tokens=d.text_tokens, batch_size=d.batch_size, num_workers=d.num_workers,
                                 seed=d.seed)
-    from mocbench.tasks.data import ShapeShotsDataModule, SingleShotDataModule
-
     cls = SingleShotDataModule if cfg.task == "single_shot" else ShapeShotsDataModule
     return cls(shapes_config(cfg), text_tokens=d.text_tokens, train_size=d.train_size, val_size=d.val_size,
                batch_size=d.batch_size, num_workers=d.num_workers, seed=d.seed)

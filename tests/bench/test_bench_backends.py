@@ -51,9 +51,7 @@ def test_backend_forward(benchmark, case, shape, device, dtype):
     if reasons:
         pytest.skip(f"{backend.label}: " + "; ".join(reasons))
 
-    small = small_layout(cell.shots, cell.frames, cell.tokens_per_frame, cell.text_tokens, cell.text_placement,
-                         max_frames=3, max_tokens_per_frame=8, max_text_tokens=4,
-                         frame_shape=cell.frame_shape)
+    small = small_layout(cell.geometry, max_frames=3, max_tokens_per_frame=8, max_text_tokens=4)
     check = validate_backend(backend, small, head_dim=cell.head_dim, dtype=cell.torch_dtype, device=device)
     assert check.ok, check.message(backend.label, dtype)
 

@@ -18,6 +18,7 @@ checkpoint, are skipped with that reason). ``fidelity`` then compares two backen
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,12 @@ import torch
 from mocbench.bench.config import DEVICES, DTYPES
 from mocbench.config import BackendConfig, ConfigError, load_config, plain
 from mocbench.errors import check_output_dir, path_error
+from mocbench.integrations.diffusers.handle import apply_backend
+from mocbench.integrations.diffusers.specs import list_models, spec_for
+from mocbench.integrations.diffusers.weights import load_pipeline
 from mocbench.registry import get_backend
+from mocbench.stats import sum_stats
+from mocbench.tasks.media import write_mp4
 
 
 @dataclass
@@ -85,12 +91,6 @@ def load_sample_model_config(path: str | None, overrides: list[str] | None = Non
 def sample_model(cfg: SampleModelConfig, weights: str | Path, out: str | Path, *, log=print) -> list[np.ndarray]:
     """Sample ``cfg`` from the pipeline in ``weights`` into ``out``; returns the float videos ``(F, H, W, 3)``
     in [0, 1] as the pipeline made them (before mp4 encoding)."""
-    from mocbench.integrations.diffusers.handle import apply_backend
-    from mocbench.integrations.diffusers.specs import list_models, spec_for
-    from mocbench.integrations.diffusers.weights import load_pipeline
-    from mocbench.stats import sum_stats
-    from mocbench.tasks.media import write_mp4
-
     out = check_output_dir(out, "--out")
     pipe = load_pipeline(weights, dtype=DTYPES[cfg.dtype], device=cfg.device)
     call_kwargs = _call_kwargs(cfg, pipe)
@@ -160,8 +160,6 @@ def sample_model(cfg: SampleModelConfig, weights: str | Path, out: str | Path, *
 
 def _call_kwargs(cfg: SampleModelConfig, pipe) -> dict:
     """The pipeline call's keyword arguments; a name its ``__call__`` does not take is an error naming it."""
-    import inspect
-
     kwargs = {"height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames,
               "num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "output_type": "np",
               **({"negative_prompt": cfg.negative_prompt} if cfg.negative_prompt is not None else {}),

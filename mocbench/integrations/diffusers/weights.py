@@ -10,6 +10,7 @@ of another class than the config expects is a :class:`~mocbench.errors.ConfigErr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,6 @@ def load_pipeline(path: str | Path, *, dtype: torch.dtype = torch.float32, devic
 @contextlib.contextmanager
 def _quiet_diffusers():
     """diffusers' and transformers' loading chatter (progress bars, unused-weight notes) off while loading."""
-    import importlib
-
     libraries = []
     for name in ("diffusers.utils.logging", "transformers.utils.logging"):
         try:

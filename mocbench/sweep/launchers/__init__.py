@@ -7,7 +7,7 @@
 
 Whatever runs them, a job is a :class:`mocbench.sweep.jobs.SweepJob` writing its rows into the sweep's
 store, and planning (which cells still need a run, which are queued in a job already) is the same: see
-:func:`mocbench.sweep.runner.plan_sweep`. This module imports neither launcher (submitit is optional).
+:func:`mocbench.sweep.runner.plan_sweep`. submitit is optional: only the submitit launcher's methods import it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from typing import Protocol
 
 from mocbench.errors import ConfigError
 from mocbench.sweep.jobs import SweepJob
+from mocbench.sweep.launcher_config import LAUNCHERS
+from mocbench.sweep.launchers.submitit import SubmititLauncher
 from mocbench.sweep.progress import Progress
 from mocbench.sweep.spec import SweepConfig
 
-LAUNCHERS = ("local", "submitit")
+__all__ = ["LAUNCHERS", "Launcher", "make_launcher"]
 
 
 class Launcher(Protocol):
@@ -45,11 +47,11 @@ class Launcher(Protocol):
 def make_launcher(name: str, cfg: SweepConfig, log: Callable[[str], None] = print) -> Launcher:
     """The launcher ``name`` for sweep ``cfg`` (its ``launcher:`` section and output directory)."""
     if name == "local":
+        # imported here: `python -m mocbench.sweep.launchers.local` is the job process's entry point, and a
+        # module the package imported first would run twice there (runpy warns)
         from mocbench.sweep.launchers.local import LocalLauncher
 
         return LocalLauncher(Path(cfg.out_path), log=log)
     if name == "submitit":
-        from mocbench.sweep.launchers.submitit import SubmititLauncher
-
         return SubmititLauncher(cfg, log=log)
     raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {name!r}")

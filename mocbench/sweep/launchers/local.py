@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from mocbench.bench.env import COMPARABLE
 from mocbench.bench.store import ResultStore
 from mocbench.sweep.jobs import SweepJob, run_job
@@ -25,8 +27,6 @@ from mocbench.sweep.progress import Progress
 
 
 def _cuda_devices() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -240,3 +240,27 @@ def chunk_members(layout, rule: str) -> list[list[int]]:
     return chunks(layout, rule)
 
 
+
+
+def pattern_and_margin(name: str, params: dict, q, k, layout) -> tuple[torch.Tensor, float]:
+    """Any family's (B, H, L, L) oracle pattern (VSA: its fine stage) and its smallest routing margin (inf for
+    the static families)."""
+    B, H = q.shape[:2]
+    if name in STATIC:
+        return static_pattern(name, params, layout, B, H), math.inf
+    if name == "svg":
+        return svg_mask_and_margin(q, k, layout, **params)
+    if name == "vmoba":
+        return vmoba_mask_and_margin(q, k, layout, **params)
+    if name == "vsa":
+        _, mask, margin = vsa(q, k, k, layout, **params)
+        return mask, margin
+    raise KeyError(f"no oracle for {name!r}")
+
+
+def output(name: str, params: dict, q, k, v, layout, pattern: torch.Tensor) -> torch.Tensor:
+    """The family's output in float64 (differentiable): the masked softmax over ``pattern``; VSA adds its
+    coarse term (docs/specs/vsa.md)."""
+    if name == "vsa":
+        return vsa(q, k, v, layout, **params)[0]
+    return attend(q, k, v, pattern)

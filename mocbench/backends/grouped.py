@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from mocbench.backend import Capabilities
 
-# What the gathered execution has been tested on: CPU, every float dtype, forward and backward. The code is
-# plain PyTorch and would run on CUDA tensors, but it has not been validated or timed there, so it is not
-# declared (a CUDA path is future work: FlexAttention block masks or the published kernels).
+# What the gathered execution (impl ``gather`` of the peer families) has been tested on: CPU, every float
+# dtype, forward and backward. The code is plain PyTorch and would run on CUDA tensors, but it has not been
+# validated or timed there, so it is not declared; the peers' CUDA path is impl ``flex`` (flex_blocks.py).
 CPU_ONLY = Capabilities(devices=("cpu",))
 
 
@@ -86,7 +86,7 @@ class GroupPlan:
         """The most ``n x m`` scores one bucket holds (per batch*head row of a shared plan)."""
         return max((b.q_idx.numel() * b.k_idx.shape[1] for b in self.buckets), default=0)
 
-    def to(self, device: torch.device | str) -> "GroupPlan":
+    def to(self, device: torch.device | str) -> GroupPlan:
         dev = torch.device(device)
         if dev.type == "cpu":
             return self
@@ -174,16 +174,17 @@ def attend_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Gro
     return out.view(B, H, L, D).to(q.dtype)
 
 
-def plan_block_grid(plan: GroupPlan, tokens: int, bh: int, block_shape: tuple[int, int], *, flat: bool,
-                    order: torch.Tensor | None = None) -> torch.Tensor:
-    """(bh, QB, KB) bool: the ``bq x bk`` blocks of the query x key grid holding an attended pair (moc-spec
-    §10), from the groups alone (never L x L). ``order`` (L,) is the token order a kernel runs in (block of
-    a token = its rank in ``order``); None: stream order. A shared plan (``flat=False``) has one grid,
-    returned for every (batch, head)."""
+def plan_block_pairs(plan: GroupPlan, tokens: int, bh: int, block_shape: tuple[int, int], *, flat: bool,
+                     order: torch.Tensor | None = None) -> torch.Tensor:
+    """(bh or 1, QB, KB) float32: the number of attended (query, key) pairs in every ``bq x bk`` block of the
+    query x key grid, from the groups alone (never L x L). Exact: a query's keys are distinct within a group
+    and, across the groups it is in, disjoint (both executions' contract), and a block holds at most
+    ``bq * bk`` < 2^24 pairs. ``order`` (L,) is the token order a kernel runs in (block of a token = its rank
+    in ``order``); None: stream order. A shared plan (``flat=False``) has one grid, for every (batch, head)."""
     bq, bk = block_shape
     QB, KB = -(-tokens // bq), -(-tokens // bk)
     rank = torch.arange(tokens) if order is None else torch.empty(tokens, dtype=torch.int64).index_put_(
-        (order,), torch.arange(tokens))
+        (order.cpu(),), torch.arange(tokens))
     grids = torch.zeros(bh if flat else 1, QB, KB, dtype=torch.float32)
     for b in plan.buckets:
         q_idx, k_idx = b.q_idx.cpu(), b.k_idx.cpu()
@@ -191,8 +192,8 @@ def plan_block_grid(plan: GroupPlan, tokens: int, bh: int, block_shape: tuple[in
         head = q_idx[:, 0] // tokens if flat else torch.zeros(G, dtype=torch.int64)
         qb, kb = rank[q_idx % tokens] // bq, rank[k_idx % tokens] // bk  # (G, n), (G, m)
         if b.mask is None:
-            pq = torch.zeros(G, QB).scatter_(1, qb, 1.0)
-            pk = torch.zeros(G, KB).scatter_(1, kb, 1.0)
+            pq = torch.zeros(G, QB).index_put_((torch.arange(G)[:, None], qb), torch.ones(()), accumulate=True)
+            pk = torch.zeros(G, KB).index_put_((torch.arange(G)[:, None], kb), torch.ones(()), accumulate=True)
             grids.index_add_(0, head, pq[:, :, None] * pk[:, None, :])
             continue
         step = max(1, (32 << 20) // (4 * (qb.shape[1] * QB + kb.shape[1] * KB)))  # one-hot slices <= ~32 MB
@@ -200,5 +201,11 @@ def plan_block_grid(plan: GroupPlan, tokens: int, bh: int, block_shape: tuple[in
             pq = torch.nn.functional.one_hot(qb[a:a + step], QB).float()  # (g, n, QB)
             pk = torch.nn.functional.one_hot(kb[a:a + step], KB).float()  # (g, m, KB)
             grids.index_add_(0, head[a:a + step], pq.transpose(1, 2) @ b.mask[a:a + step].cpu().float() @ pk)
-    out = grids > 0
-    return out if flat else out.expand(bh, QB, KB)
+    return grids
+
+
+def plan_block_grid(plan: GroupPlan, tokens: int, bh: int, block_shape: tuple[int, int], *, flat: bool,
+                    order: torch.Tensor | None = None) -> torch.Tensor:
+    """(bh, QB, KB) bool: the blocks holding an attended pair (moc-spec §10), from :func:`plan_block_pairs`."""
+    out = plan_block_pairs(plan, tokens, bh, block_shape, flat=flat, order=order) > 0
+    return out if flat else out.expand(bh, *out.shape[1:])

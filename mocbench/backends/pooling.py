@@ -1,25 +1,33 @@
-"""Mean-pooling of per-token vectors over the chunks of a layout (block descriptors for routed families).
+"""Mean-pooling of per-token vectors over groups of tokens (block descriptors for routed families).
 
-``pool_chunks(x, chunks)`` is ``mean_{j in chunk c} x_j`` for every chunk, per (batch, head), in at least
-float32 (so float32 and float64 inputs route the same way up to rounding). Differentiable: VSA's coarse
-stage attends pooled queries, keys and values and gets gradients through them.
+``pool_chunks(x, chunks)`` is ``mean_{j in chunk c} x_j`` for every chunk of a layout's chunking, per (batch,
+head), in at least float32 (MoC's routing dtype, :func:`mocbench.backends.moc.routing.routing_dtype`, so float32 and
+float64 inputs route the same way up to rounding, in every family). :func:`group_mean` is the same mean over any
+grouping (chunks, query tiles). Differentiable: VSA's coarse stage attends pooled queries, keys and values and
+gets gradients through them.
 """
 
 from __future__ import annotations
 
 import torch
 
+from mocbench.backends.moc.routing import routing_dtype as pool_dtype
 from mocbench.chunking import ChunkTable
 
+__all__ = ["group_mean", "pool_chunks", "pool_dtype"]
 
-def pool_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+
+def group_mean(x_bhld: torch.Tensor, group_of_token: torch.Tensor, group_sizes: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, L, D) -> (B, H, G, D) in ``dtype``: the mean of each group's tokens (``group_of_token`` (L,) in
+    [0, G), ``group_sizes`` (G,) > 0)."""
+    B, H, _, D = x_bhld.shape
+    dev = x_bhld.device
+    total = torch.zeros(B, H, group_sizes.numel(), D, dtype=dtype, device=dev).index_add(
+        2, group_of_token.to(dev), x_bhld.to(dtype))
+    return total / group_sizes.to(device=dev, dtype=dtype)[:, None]
 
 
 def pool_chunks(x_bhld: torch.Tensor, chunks: ChunkTable) -> torch.Tensor:
-    """(B, H, L, D) -> (B, H, C, D): the mean of each chunk's tokens."""
-    B, H, _, D = x_bhld.shape
-    dt = pool_dtype(x_bhld.dtype)
-    cid = chunks.chunk_id.to(x_bhld.device)
-    total = torch.zeros(B, H, chunks.num_chunks, D, dtype=dt, device=x_bhld.device).index_add(2, cid, x_bhld.to(dt))
-    return total / chunks.sizes.to(device=x_bhld.device, dtype=dt)[:, None]
+    """(B, H, L, D) -> (B, H, C, D): the mean of each chunk's tokens, in :func:`pool_dtype`."""
+    return group_mean(x_bhld, chunks.chunk_id, chunks.sizes, pool_dtype(x_bhld.dtype))

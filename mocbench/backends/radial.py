@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mocbench.backends.grouped import CPU_ONLY
-from mocbench.backends.video_static import StaticVideoBackend, shot_video
+from mocbench.backends.peer_impl import ANY_IMPL, check_impl
+from mocbench.backends.video_static import StaticVideoBackend, device_table, shot_video, token_tables
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
 
@@ -36,8 +36,10 @@ class RadialParams:
     decay: float = 1.0  # scale of the window (the released code's decay_factor)
     min_width: int = 1  # narrowest window in tokens; 1 = the paper's token-level mask (released kernels: 128)
     sink: bool = True  # the shot's first frame is attended by every video query
+    impl: str = "auto"  # gather (CPU) | flex (FlexAttention; CUDA, or eager CPU forward) | auto (by device)
 
     def __post_init__(self) -> None:
+        check_impl(self.impl)
         if self.dense_frames < 0:
             raise ValueError(f"dense_frames must be >= 0 frames, got {self.dense_frames}")
         if not (math.isfinite(self.decay) and self.decay > 0):
@@ -61,32 +63,38 @@ def band_pairs(P: int, width: float) -> int:
     return P + 2 * (k * P - k * (k + 1) // 2)
 
 
-@register_backend("radial", family="radial", caps=CPU_ONLY, params=RadialParams)
+@register_backend("radial", family="radial", caps=ANY_IMPL, params=RadialParams)
 class Radial(StaticVideoBackend):
     """Radial attention: a static window that shrinks with temporal distance (plus sink frame)."""
 
-    def _tables(self, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(kept (F,), width (F,) float64) by frame distance, F = the longest shot's frames."""
-        key = ("radial_tables", self.params)
-        if key not in layout._cache:
-            F = max(layout.frames_per_shot)
-            rows = [band(d, layout.tokens_per_frame, self.params) for d in range(F)]
-            layout._cache[key] = (torch.tensor([r[0] for r in rows]),
-                                  torch.tensor([r[1] for r in rows], dtype=torch.float64))
-        return layout._cache[key]
+    def _tables(self, layout: TokenLayout, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept (F,) bool, reach (F,) int64) by frame distance, F = the longest shot's frames: a key at patch
+        distance ``|s - t|`` is in the band iff ``|s - t| <= reach`` (``floor`` of the width: distances are
+        integers; a whole frame: P)."""
+        def build():
+            F, P = max(layout.frames_per_shot), layout.tokens_per_frame
+            rows = [band(d, P, self.params) for d in range(F)]
+            return (torch.tensor([r[0] for r in rows]),
+                    torch.tensor([P if math.isinf(r[1]) else math.floor(r[1]) for r in rows], dtype=torch.int64))
 
-    def video_rule(self, layout, qi, kj):
-        kept, width = self._tables(layout)
-        f, p = layout.frame_id, layout.patch_id
-        d = (f[qi] - f[kj]).abs().clamp(max=kept.numel() - 1)  # caption rows (f = -1) are never read
-        near = (p[qi] - p[kj]).abs().to(torch.float64) <= width[d]
-        out = kept[d] & near
-        if self.params.sink:
-            out |= f[kj] == 0
-        return out
+        return device_table(layout, ("radial_tables", self.params.dense_frames, self.params.decay,
+                                     self.params.min_width), device, build)
+
+    def video_rule(self, layout, device):
+        kept, reach = self._tables(layout, device)
+        _, _, f, p = token_tables(layout, device)
+        far, sink = kept.numel() - 1, self.params.sink
+
+        def rule(qi, kj):
+            d = (f[qi] - f[kj]).abs().clamp(max=far)  # caption rows (f = -1) are never read
+            out = kept[d] & ((p[qi] - p[kj]).abs() <= reach[d])
+            return out | (f[kj] == 0) if sink else out
+
+        return rule
 
     def video_groups(self, layout):
         P = layout.tokens_per_frame
+        rule = self.video_rule(layout, "cpu")
         groups = []
         for _, start, frames in shot_video(layout):
             for i in range(frames):
@@ -104,7 +112,7 @@ class Radial(StaticVideoBackend):
                         keys.append(torch.arange(start + j * P + lo, start + j * P + hi))
                     q_idx = torch.arange(start + i * P + p0, start + i * P + p1)
                     k_idx = torch.cat(keys)
-                    mask = self.video_rule(layout, q_idx[:, None], k_idx[None, :])
+                    mask = rule(q_idx[:, None], k_idx[None, :])
                     groups.append((q_idx, k_idx, None if bool(mask.all()) else mask))
         return groups
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mocbench.backends.grouped import CPU_ONLY
-from mocbench.backends.video_static import StaticVideoBackend, parse_dims, shot_video
+from mocbench.backends.peer_impl import ANY_IMPL, check_impl
+from mocbench.backends.video_static import StaticVideoBackend, device_table, parse_dims, shot_video
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
 
@@ -25,10 +25,12 @@ from mocbench.registry import register_backend
 class SlidingTileParams:
     tile: str = "6,8,8"  # frames, rows, columns of a tile (STA's HunyuanVideo tile)
     window: str = "3,3,3"  # tiles per dimension: frames, rows, columns
+    impl: str = "auto"  # gather (CPU) | flex (FlexAttention; CUDA, or eager CPU forward) | auto (by device)
 
     def __post_init__(self) -> None:
         parse_dims("tile", self.tile, "frames,rows,columns")
         parse_dims("window", self.window, "frames,rows,columns")
+        check_impl(self.impl)
 
 
 def window_start(a: torch.Tensor | int, n: torch.Tensor | int, size: int):
@@ -51,7 +53,7 @@ def axis_sum(length: int, tile: int, size: int) -> int:
     return total
 
 
-@register_backend("sliding_tile", family="sliding_tile", caps=CPU_ONLY, params=SlidingTileParams)
+@register_backend("sliding_tile", family="sliding_tile", caps=ANY_IMPL, params=SlidingTileParams)
 class SlidingTile(StaticVideoBackend):
     """Sliding Tile Attention: a static 3D window of tiles around the query's tile (tile-aligned)."""
 
@@ -72,31 +74,36 @@ class SlidingTile(StaticVideoBackend):
         """Tile-major, as STA's kernel runs: each shot's caption, then its tiles one after another."""
         return layout.chunks(self.chunking).token_index
 
-    def _tile_tables(self, layout: TokenLayout):
-        """Per token: tile coordinates (3, L); per shot: tiles along frames, rows, columns (S, 3)."""
-        key = ("sliding_tile_tables", self.params.tile)
-        if key not in layout._cache:
+    def _tile_tables(self, layout: TokenLayout, device: torch.device | str = "cpu"):
+        """Per token: tile coordinates (3, L) and its shot's tiles along frames, rows, columns (3, L) (captions:
+        their shot's, never read); per shot: tiles per axis (S, 3)."""
+        def build():
             (t, h, w), _ = self.dims
             H, W = layout.frame_shape
             coords = torch.stack([layout.frame_id // t, layout.row_id // h, layout.col_id // w])
             grid = torch.tensor([[-(-frames // t), -(-H // h), -(-W // w)] for _, _, frames in shot_video(layout)])
-            layout._cache[key] = (coords, grid)
-        return layout._cache[key]
+            return coords, grid[layout.shot_id.clamp(min=0)].T.contiguous(), grid
 
-    def video_rule(self, layout, qi, kj):
-        coords, grid = self._tile_tables(layout)
+        return device_table(layout, ("sliding_tile_tables", self.params.tile), device, build)
+
+    def video_rule(self, layout, device):
+        coords, n, _ = self._tile_tables(layout, device)
         _, window = self.dims
-        n = grid[layout.shot_id.clamp(min=0)]  # (L, 3); caption rows are never read
-        out = torch.ones(torch.broadcast_shapes(qi.shape, kj.shape), dtype=torch.bool)
-        for d in range(3):
-            start = window_start(coords[d][qi], n[:, d][qi], window[d])
-            b = coords[d][kj]
-            out &= (b >= start) & (b < start + window[d])
-        return out
+
+        def rule(qi, kj):
+            out = None
+            for d in range(3):
+                start = window_start(coords[d][qi], n[d][qi], window[d])
+                b = coords[d][kj]
+                inside = (b >= start) & (b < start + window[d])
+                out = inside if out is None else out & inside
+            return out
+
+        return rule
 
     def video_groups(self, layout):
         ct = layout.chunks(self.chunking)
-        coords, grid = self._tile_tables(layout)
+        coords, _, grid = self._tile_tables(layout)
         _, window = self.dims
         video = (~ct.is_text).nonzero().flatten().tolist()
         first = ct.order

@@ -6,15 +6,19 @@ stream (the text anchor, as in MoC); a caption query also attends every video to
 a video query attends video keys only as its family's rule says (within its own shot, unless the
 family's rule reaches further). A static family subclasses :class:`StaticVideoBackend` and gives
 
-* ``video_rule(layout, qi, kj)``: bool, broadcast over token-index tensors ``qi``/``kj``, whether video
-  query ``qi`` attends video key ``kj`` of the *same shot* (only read where both are video, same shot);
+* ``video_rule(layout, device)``: a pure predicate ``rule(qi, kj) -> bool`` over token-index tensors on
+  ``device`` (broadcast), whether video query ``qi`` attends video key ``kj`` of the *same shot* (only read
+  where both are video, same shot); written with tensor indexing only, so the same function builds the
+  pattern, the groups, and FlexAttention's ``mask_mod`` (vmapped eagerly, traced when compiled);
 * ``video_groups(layout)``: disjoint groups ``(q_idx, k_idx, mask | None)`` covering every video query,
   ``k_idx`` the group's video keys (the base adds every caption key), ``mask`` which of them each query
   attends (None: all of them);
 * ``video_pairs(layout)``: the closed-form number of (video query, video key) pairs, for ``estimate``.
 
-The base builds the (cached) group plan, runs it with :func:`grouped.attend_groups`, inspects the
-pattern with the same predicate, and counts pairs measured (from the plan's groups) and analytically.
+The base builds the (cached) group plan and runs it with :func:`grouped.attend_groups` (impl ``gather``), or
+builds a FlexAttention BlockMask from the plan's tile counts with the predicate as ``mask_mod`` (impl ``flex``,
+:mod:`flex_blocks`, in :meth:`StaticVideoBackend.kernel_order`); it inspects the pattern with the same predicate,
+and counts pairs measured (from the plan's groups) and analytically.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from mocbench.backend import AttentionBackend, Plan
-from mocbench.backends.grouped import GroupPlan, attend_groups, build_plan, plan_block_grid
+from mocbench.backends import flex_blocks
+from mocbench.backends.flex_blocks import FlexBlocks, Rule, flex_workspace_bytes
+from mocbench.backends.grouped import GroupPlan, attend_groups, build_plan, plan_block_grid, plan_block_pairs
+from mocbench.backends.peer_impl import PeerImplMixin
 from mocbench.blocks import density
 from mocbench.layout import TokenLayout
 from mocbench.stats import AttentionStats
@@ -41,6 +48,24 @@ def parse_dims(name: str, value: object, hint: str) -> tuple[int, ...]:
             return tuple(int(p) for p in parts)
     raise ValueError(f"{name} must be {count} positive ints '{hint}' separated by commas "
                      f"(e.g. {','.join(['2'] * count)!r}), got {value!r}")
+
+
+def device_table(layout: TokenLayout, key: tuple, device: torch.device | str, build):
+    """``build()`` (a tensor or a tuple of tensors, computed on the CPU once per layout) on ``device``, cached on
+    the layout under ``key``: the tables a predicate reads must live where its indices do."""
+    dev = torch.device(device)
+    if (key, "cpu") not in layout._cache:
+        layout._cache[(key, "cpu")] = build()
+    if (key, str(dev)) not in layout._cache:
+        value = layout._cache[(key, "cpu")]
+        layout._cache[(key, str(dev))] = tuple(t.to(dev) for t in value) if isinstance(value, tuple) else value.to(dev)
+    return layout._cache[(key, str(dev))]
+
+
+def token_tables(layout: TokenLayout, device: torch.device | str) -> tuple[torch.Tensor, ...]:
+    """(is_text, shot_id, frame_id, patch_id) of every token, on ``device``."""
+    return device_table(layout, ("peer_token_tables",), device,
+                        lambda: (layout.is_text, layout.shot_id, layout.frame_id, layout.patch_id))
 
 
 def caption_keys(layout: TokenLayout) -> torch.Tensor:
@@ -86,26 +111,54 @@ def caption_pairs(layout: TokenLayout) -> int:
     return total
 
 
-def caption_rule(layout: TokenLayout, qi: torch.Tensor, kj: torch.Tensor, video_rule) -> torch.Tensor:
+def caption_rule(layout: TokenLayout, device: torch.device | str, video_rule: Rule) -> Rule:
     """The full predicate: caption keys always; a caption query its own shot; video x video by ``video_rule``."""
+    text, shot, _, _ = token_tables(layout, device)
+
+    def rule(qi, kj):
+        tq, tk = text[qi], text[kj]
+        same = shot[qi] == shot[kj]
+        return tk | (tq & same) | (~tq & ~tk & same & video_rule(qi, kj))
+
+    return rule
+
+
+def token_blocks(layout: TokenLayout, block_shape: tuple[int, int], order: torch.Tensor | None = None):
+    """(q-block (L,), kv-block (L,), QB, KB) of every stream position when tokens run in ``order`` (None: stream
+    order) cut into ``bq``-query and ``bk``-key blocks."""
+    L = layout.num_tokens
+    rank = torch.arange(L) if order is None else torch.empty(L, dtype=torch.int64).index_put_(
+        (order.cpu(),), torch.arange(L))
+    bq, bk = block_shape
+    return rank // bq, rank // bk, -(-L // bq), -(-L // bk)
+
+
+def caption_block_pairs(layout: TokenLayout, block_shape: tuple[int, int],
+                        order: torch.Tensor | None = None) -> torch.Tensor:
+    """(QB, KB) float64: the caption rule's pairs in every tile: caption queries (every caption and their
+    shot's video) and every video query x every caption key (a routed family adds its video x video pairs)."""
+    L = layout.num_tokens
+    qb, kb, QB, KB = token_blocks(layout, block_shape, order)
     text = layout.is_text
-    shot = layout.shot_id
-    tq, tk = text[qi], text[kj]
-    same = shot[qi] == shot[kj]
-    return tk | (tq & same) | (~tq & ~tk & same & video_rule(layout, qi, kj))
+    captions = plan_block_pairs(build_plan(caption_groups(layout), L, disjoint=False), L, 1, block_shape, flat=False,
+                                order=order)[0].double()
+    video_q = torch.bincount(qb[~text], minlength=QB).double()
+    text_k = torch.bincount(kb[text], minlength=KB).double()
+    return captions + video_q[:, None] * text_k[None, :]
 
 
 @dataclass
 class GroupedPlan(Plan):
-    """A static pattern's plan: its (layout-cached) group plan."""
+    """A static pattern's plan: its (layout-cached) group plan (impl ``gather``) or block mask (impl ``flex``)."""
 
     groups: GroupPlan | None = None
+    flex: FlexBlocks | None = None
 
 
-class StaticVideoBackend(AttentionBackend):
+class StaticVideoBackend(PeerImplMixin, AttentionBackend):
     """A peer family whose pattern depends on the layout alone (see the module docstring)."""
 
-    def video_rule(self, layout: TokenLayout, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor:
+    def video_rule(self, layout: TokenLayout, device: torch.device | str) -> Rule:
         raise NotImplementedError
 
     def video_groups(self, layout: TokenLayout) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -115,12 +168,17 @@ class StaticVideoBackend(AttentionBackend):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- pattern and plan
+    def rule(self, layout: TokenLayout, device: torch.device | str = "cpu") -> Rule:
+        """The whole pattern's predicate ``rule(qi, kj)`` over token indices on ``device``."""
+        self.check_layout(layout)
+        return caption_rule(layout, device, self.video_rule(layout, device))
+
     def predicate(self, layout: TokenLayout, qi: torch.Tensor, kj: torch.Tensor) -> torch.Tensor:
-        return caption_rule(layout, qi, kj, self.video_rule)
+        return self.rule(layout, qi.device)(qi, kj)
 
     def group_plan(self, layout: TokenLayout) -> GroupPlan:
         """The disjoint groups of the whole pattern (caption rule included), built once per layout."""
-        key = ("peer_group_plan", self.name, self.params)
+        key = ("peer_group_plan", self.name, self.pattern_params)
         if key not in layout._cache:
             self.check_layout(layout)
             text = caption_keys(layout)
@@ -134,11 +192,35 @@ class StaticVideoBackend(AttentionBackend):
             layout._cache[key] = build_plan(groups, layout.num_tokens, disjoint=True)
         return layout._cache[key]
 
+    def block_counts(self, layout: TokenLayout, block: int | None = None) -> torch.Tensor:
+        """(1, QB, KB) attended pairs per ``block x block`` tile in :meth:`kernel_order` (cached per layout;
+        ``block`` defaults to :data:`flex_blocks.BLOCK`)."""
+        block = block or flex_blocks.BLOCK
+        key = ("peer_block_counts", self.name, self.pattern_params, block)
+        if key not in layout._cache:
+            layout._cache[key] = plan_block_pairs(self.group_plan(layout), layout.num_tokens, 1, (block, block),
+                                                  flat=False, order=self.kernel_order(layout))
+        return layout._cache[key]
+
+    def flex_blocks(self, layout: TokenLayout, device: torch.device | str, block: int | None = None) -> FlexBlocks:
+        """The pattern as a FlexAttention BlockMask in :meth:`kernel_order` (cached per layout, device, block)."""
+        block = block or flex_blocks.BLOCK
+        key = ("peer_flex_blocks", self.name, self.pattern_params, str(torch.device(device)), block)
+        if key not in layout._cache:
+            layout._cache[key] = flex_blocks.build(self.block_counts(layout, block), self.rule(layout, device),
+                                                   layout.num_tokens, block=block, order=self.kernel_order(layout),
+                                                   device=device)
+        return layout._cache[key]
+
     def _prepare(self, q, k, layout, *, training, generator, scale=None) -> GroupedPlan:
         B, H, _, D = q.shape
+        if self.selected_impl(q.device).name == "flex":
+            return GroupedPlan(layout, B, H, D, q.device, scale=scale, flex=self.flex_blocks(layout, q.device))
         return GroupedPlan(layout, B, H, D, q.device, scale=scale, groups=self.group_plan(layout).to(q.device))
 
     def forward(self, q, k, v, plan: GroupedPlan) -> torch.Tensor:
+        if plan.flex is not None:
+            return flex_blocks.run(q, k, v, plan.flex, plan.softmax_scale)
         return attend_groups(q, k, v, plan.groups, scale=plan.softmax_scale, flat=False)
 
     def _pattern(self, plan: Plan) -> torch.Tensor:
@@ -166,9 +248,11 @@ class StaticVideoBackend(AttentionBackend):
         return self.block_density_of(layout, block_shape)
 
     def plan_stats(self, plan: GroupedPlan) -> AttentionStats:
-        """Measured: the attended pairs of the plan's groups (the keys each group's queries attend)."""
+        """Measured: the attended pairs of the plan's groups (the keys each group's queries attend; the flex
+        path runs the same pattern)."""
         bh = plan.batch * plan.heads
-        return AttentionStats(plan.batch, plan.heads, plan.layout.num_tokens, plan.head_dim, bh * plan.groups.pairs)
+        pairs = self.group_plan(plan.layout).pairs
+        return AttentionStats(plan.batch, plan.heads, plan.layout.num_tokens, plan.head_dim, bh * pairs)
 
     def estimate(self, layout, *, head_dim, batch=1, heads=1) -> AttentionStats:
         """Analytic: caption-rule pairs plus the family's closed-form video pairs."""
@@ -177,10 +261,18 @@ class StaticVideoBackend(AttentionBackend):
         return AttentionStats(batch, heads, layout.num_tokens, head_dim, batch * heads * pairs)
 
     def workspace_bytes(self, layout, *, batch, heads, head_dim, dtype, device="cpu", requires_grad=False) -> int:
-        """Gathered q (once), k and v (per group), the bucket outputs and their re-ordered copy, the masks
-        (bool, and the float copy SDPA makes of one bucket's), the group index lists, SDPA's scratch; the
-        backward holds the gradients of every gathered tensor as well."""
-        return grouped_workspace(self.group_plan(layout), batch=batch, heads=heads, head_dim=head_dim,
+        """``gather``: gathered q (once), k and v (per group), the bucket outputs and their re-ordered copy, the
+        masks (bool, and the float copy SDPA makes of one bucket's), the group index lists, SDPA's scratch; the
+        backward holds the gradients of every gathered tensor as well. ``flex``: the group plan it is counted
+        from (host) and :func:`flex_blocks.flex_workspace_bytes`."""
+        plan = self.group_plan(layout)
+        if self.selected_impl(device).name == "flex":
+            L = layout.num_tokens
+            host = 16 * (plan.gathered_keys + plan.rows) + plan.mask_elements if torch.device(device).type == "cpu" else 0
+            return host + flex_workspace_bytes(grids=1, tokens=L, batch=batch, heads=heads, head_dim=head_dim,
+                                               dtype=dtype, device=device, requires_grad=requires_grad,
+                                               tables=8 * 8 * L) + layout_bytes(L)
+        return grouped_workspace(plan, batch=batch, heads=heads, head_dim=head_dim,
                                  dtype=dtype, requires_grad=requires_grad) + layout_bytes(layout.num_tokens)
 
 

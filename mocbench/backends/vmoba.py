@@ -13,7 +13,9 @@ the shot, 2 = spatio-temporal ``cubes:t,h,w``). Per (batch, head, video query i)
 
 A video query attends every caption token, its own block and its selected blocks (exact softmax over
 their union). Captions follow the caption rule (video_static.py). Execution: partial attentions
-(captions + own block; each selected block) merged by log-sum-exp (:func:`grouped.attend_partials`).
+(captions + own block; each selected block) merged by log-sum-exp (:func:`grouped.attend_partials`; impl
+``gather``), or FlexAttention with a per-(batch, head) BlockMask counted from the selection and the routed
+predicate :meth:`VMoBA.routed_rule` as ``mask_mod`` (impl ``flex``, :mod:`flex_blocks`; stream order).
 
 Legend: B batch, H heads, L tokens, D head_dim, n video queries of a shot, C blocks of a shot.
 """
@@ -28,9 +30,22 @@ from typing import Literal
 import torch
 
 from mocbench.backend import AttentionBackend, Plan
-from mocbench.backends.grouped import CPU_ONLY, GroupPlan, attend_partials, build_plan, plan_block_grid
+from mocbench.backends import flex_blocks
+from mocbench.backends.flex_blocks import FlexBlocks, Rule, flex_workspace_bytes
+from mocbench.backends.grouped import GroupPlan, attend_partials, build_plan
+from mocbench.backends.peer_impl import ANY_IMPL, PeerImplMixin, check_impl
 from mocbench.backends.pooling import pool_chunks, pool_dtype
-from mocbench.backends.video_static import caption_groups, caption_keys, caption_pairs, parse_dims, shot_video
+from mocbench.backends.video_static import (
+    caption_block_pairs,
+    caption_groups,
+    caption_keys,
+    caption_pairs,
+    device_table,
+    parse_dims,
+    shot_video,
+    token_blocks,
+    token_tables,
+)
 from mocbench.blocks import density
 from mocbench.layout import TokenLayout
 from mocbench.registry import register_backend
@@ -50,8 +65,10 @@ class VMoBAParams:
     select: Literal["threshold", "topk"] = "threshold"
     threshold: float = 0.25  # threshold selection: cumulative share of the normalised gates
     top_k: int = 3  # topk selection: blocks per query, its own block included
+    impl: str = "auto"  # gather (CPU) | flex (FlexAttention; CUDA, or eager CPU forward) | auto (by device)
 
     def __post_init__(self) -> None:
+        check_impl(self.impl)
         if self.layer < 0:
             raise ValueError(f"layer must be >= 0 (the transformer layer index), got {self.layer}")
         if self.temporal_chunk < 1:
@@ -66,7 +83,9 @@ class VMoBAParams:
 
 @dataclass
 class VMoBAPlan(Plan):
-    groups: GroupPlan | None = None
+    selected: list[torch.Tensor] | None = None  # per shot (B, H, n, C) bool: the blocks each video query attends
+    groups: GroupPlan | None = None  # impl gather: the partials
+    flex: FlexBlocks | None = None  # impl flex
     routed_pairs: int = 0  # (query, key) pairs of every partial, summed over batch and heads
     routing_flops: int = 0
     pooling_flops: int = 0
@@ -104,8 +123,8 @@ def select_blocks(g: torch.Tensor, own: torch.Tensor, p: VMoBAParams) -> torch.T
     return sel
 
 
-@register_backend("vmoba", family="vmoba", caps=CPU_ONLY, params=VMoBAParams)
-class VMoBA(AttentionBackend):
+@register_backend("vmoba", family="vmoba", caps=ANY_IMPL, params=VMoBAParams)
+class VMoBA(PeerImplMixin, AttentionBackend):
     """VMoBA: MoBA-style block routing per query, 1D/2D/3D partitions cycled by layer."""
 
     @property
@@ -154,10 +173,64 @@ class VMoBA(AttentionBackend):
             out.append(select_blocks(g, own, self.params))
         return out
 
+    def routed_rule(self, layout: TokenLayout, selected: list[torch.Tensor]) -> Rule:
+        """The pattern's predicate ``rule(qi, kj, b, h)`` for the per-shot selections ``selected``: every
+        caption key; a caption query its own shot; a video query the keys of its shot's blocks it selected."""
+        _, shots = self._blocks(layout)
+        B, H = selected[0].shape[:2] if selected else (1, 1)
+        device = selected[0].device if selected else torch.device("cpu")
+        text, shot, _, _ = token_tables(layout, device)
+        widest = max((ids.numel() for _, ids, _, _, _ in shots), default=1)
+        table = torch.zeros(B, H, layout.num_tokens, widest, dtype=torch.bool, device=device)
+        for (_, ids, tokens, _, _), sel in zip(shots, selected):
+            table[:, :, tokens.to(device), :ids.numel()] = sel
+
+        def build_local():  # the local block (inside its shot) of every video token; 0 for captions
+            local = torch.zeros(layout.num_tokens, dtype=torch.int64)
+            for _, _, tokens, own, _ in shots:
+                local[tokens] = own
+            return local
+
+        local = device_table(layout, ("vmoba_local_block", self.chunking(layout)), device, build_local)
+
+        def rule(qi, kj, b, h):
+            tq, tk = text[qi], text[kj]
+            same = shot[qi] == shot[kj]
+            return tk | (tq & same) | (~tq & ~tk & same & table[b, h, qi, local[kj]])
+
+        return rule
+
+    def routed_block_pairs(self, layout: TokenLayout, selected: list[torch.Tensor],
+                           block_shape: tuple[int, int]) -> torch.Tensor:
+        """(B*H, QB, KB) float64: the pattern's pairs per tile in stream order, from the selection (the caption
+        rule's tiles + per shot (selections summed per q-block) @ (block tokens per kv-block))."""
+        _, shots = self._blocks(layout)
+        qb, kb, QB, KB = token_blocks(layout, block_shape)
+        dev = selected[0].device if selected else torch.device("cpu")
+        counts = caption_block_pairs(layout, block_shape).to(dev)[None]
+        for (_, ids, tokens, own, _), sel in zip(shots, selected):
+            B, H, n, C = sel.shape
+            per_k = torch.zeros(C, KB, dtype=torch.float64).index_put_(
+                (own, kb[tokens]), torch.ones((), dtype=torch.float64), accumulate=True)
+            per_q = torch.zeros(B * H, QB, C, dtype=torch.float64, device=dev).index_add_(
+                1, qb[tokens].to(dev), sel.reshape(B * H, n, C).double())
+            counts = counts + per_q @ per_k.to(dev)
+        return counts
+
     def _prepare(self, q, k, layout, *, training, generator, scale=None) -> VMoBAPlan:
         self.check_layout(layout)
         B, H, L, D = q.shape
         ct, shots = self._blocks(layout)
+        selected = self.select(q, k, layout)
+        routing = sum(2 * B * H * tokens.numel() * ids.numel() * D for _, ids, tokens, _, _ in shots)
+        plan = VMoBAPlan(layout, B, H, D, q.device, scale=scale, selected=selected, routing_flops=routing,
+                         pooling_flops=B * H * layout.num_video_tokens * D, num_chunks=int((~ct.is_text).sum()))
+        if self.selected_impl(q.device).name == "flex":
+            counts = self.routed_block_pairs(layout, selected, (flex_blocks.BLOCK, flex_blocks.BLOCK))
+            plan.flex = flex_blocks.build(counts, self.routed_rule(layout, selected), L, batch=B, heads=H,
+                                          per_head=True, device=q.device)
+            plan.routed_pairs = round(float(counts.sum()))
+            return plan
         text = caption_keys(layout)
         base_groups = [(qi, ki) for qi, ki, _ in caption_groups(layout)]
         for _, _, _, _, members in shots:
@@ -165,9 +238,7 @@ class VMoBA(AttentionBackend):
         groups = []
         for bh in range(B * H):
             groups += [(qi + bh * L, ki + bh * L, None) for qi, ki in base_groups]
-        routing = 0
-        for (_, ids, tokens, own, members), sel in zip(shots, self.select(q, k, layout)):
-            routing += 2 * B * H * tokens.numel() * ids.numel() * D
+        for (_, ids, tokens, own, members), sel in zip(shots, selected):
             sel = sel.cpu() & (torch.arange(ids.numel())[None, :] != own[:, None])  # routed = others only
             bh_i_c = sel.reshape(B * H, tokens.numel(), ids.numel()).nonzero()
             order = torch.argsort(bh_i_c[:, 0] * ids.numel() + bh_i_c[:, 2], stable=True)
@@ -176,29 +247,28 @@ class VMoBA(AttentionBackend):
             for key, rows in zip(keys.tolist(), torch.split(bh_i_c[:, 1], counts.tolist())):
                 bh, c = divmod(key, ids.numel())
                 groups.append((tokens[rows] + bh * L, members[c] + bh * L, None))
-        plan = build_plan(groups, B * H * L, disjoint=False)
-        return VMoBAPlan(layout, B, H, D, q.device, scale=scale, groups=plan.to(q.device), routed_pairs=plan.pairs,
-                         routing_flops=routing, pooling_flops=B * H * layout.num_video_tokens * D,
-                         num_chunks=int((~ct.is_text).sum()))
+        gp = build_plan(groups, B * H * L, disjoint=False)
+        plan.groups, plan.routed_pairs = gp.to(q.device), gp.pairs
+        return plan
 
     def forward(self, q, k, v, plan: VMoBAPlan) -> torch.Tensor:
+        if plan.flex is not None:
+            return flex_blocks.run(q, k, v, plan.flex, plan.softmax_scale)
         return attend_partials(q, k, v, plan.groups, scale=plan.softmax_scale)
 
     def _pattern(self, plan: VMoBAPlan) -> torch.Tensor:
         L = plan.layout.num_tokens
-        mask = torch.zeros(plan.batch * plan.heads * L, L, dtype=torch.bool)
-        for b in plan.groups.buckets:
-            rows = b.q_idx.cpu()[:, :, None].expand(-1, -1, b.k_idx.shape[1])
-            cols = (b.k_idx.cpu() % L)[:, None, :].expand_as(rows)
-            mask[rows.reshape(-1), cols.reshape(-1)] = True
-        return mask.view(plan.batch, plan.heads, L, L).to(plan.device)
+        idx = torch.arange(L)
+        b = torch.arange(plan.batch)[:, None, None, None]
+        h = torch.arange(plan.heads)[None, :, None, None]
+        rule = self.routed_rule(plan.layout, [s.cpu() for s in plan.selected])
+        return rule(idx[:, None], idx[None, :], b, h).to(plan.device)
 
     # ---------------------------------------------------------------- accounting
     def plan_block_density(self, plan: VMoBAPlan, block_shape: tuple[int, int]) -> float:
         """In stream order (the published kernel gathers routed blocks per query; its own order is the
         partition's, which the 2D/3D rearrangement would give)."""
-        return density(plan_block_grid(plan.groups, plan.layout.num_tokens, plan.batch * plan.heads, block_shape,
-                                       flat=True))
+        return density(self.routed_block_pairs(plan.layout, plan.selected, block_shape).cpu() > 0)
 
     def plan_stats(self, plan: VMoBAPlan) -> AttentionStats:
         return AttentionStats(plan.batch, plan.heads, plan.layout.num_tokens, plan.head_dim, plan.routed_pairs,
@@ -236,11 +306,24 @@ class VMoBA(AttentionBackend):
         """Worst case (``threshold`` may select every block of the shot): per (batch, head) the scores and
         probabilities of every partial (compute dtype), the gathered query rows (each query once per partial)
         and key rows (each block at most once per partial kind), the partial outputs and their weighted
-        copies, one shot's gates, the group index lists; backward doubles what autograd keeps."""
+        copies, one shot's gates, the selections (bool), the group index lists; backward doubles what
+        autograd keeps. ``flex``: the selections, the (B, H, L, C) routing table ``mask_mod`` reads, the tile
+        counts (float64, per shot a (B*H, QB, C) sum and its float copy of the selection) and
+        :func:`flex_blocks.flex_workspace_bytes`."""
         self.check_layout(layout)
         f, e = compute_itemsize(dtype), itemsize(dtype)
         bh, D, L = batch * heads, head_dim, layout.num_tokens
         _, shots = self._blocks(layout)
+        selections = sum(bh * tokens.numel() * ids.numel() for _, ids, tokens, _, _ in shots)
+        if self.selected_impl(device).name == "flex":
+            widest = max(ids.numel() for _, ids, _, _, _ in shots)
+            nb = -(-L // flex_blocks.BLOCK)
+            counts = 8 * bh * nb * nb * 2 + max(8 * bh * (nb + tokens.numel()) * ids.numel() + 8 * ids.numel() * nb
+                                                for _, ids, tokens, _, _ in shots)
+            gates = max(3 * bh * tokens.numel() * ids.numel() * f for _, ids, tokens, _, _ in shots)
+            return selections + bh * L * widest + counts + gates + layout_bytes(L) + flex_workspace_bytes(
+                grids=bh, tokens=L, batch=batch, heads=heads, head_dim=D, dtype=dtype, device=device,
+                requires_grad=requires_grad, tables=3 * 8 * L)
         n_text = layout.num_text_tokens
         pairs, q_rows = caption_pairs(layout), L
         k_rows = sum(k.numel() for _, k, _ in caption_groups(layout))
@@ -257,4 +340,4 @@ class VMoBA(AttentionBackend):
             kept += 3 * bh * L * D * f  # the float32 copies of half-precision q, k, v
         if requires_grad:
             kept *= 2
-        return kept + gates + 16 * bh * (q_rows + k_rows) + KERNEL_SCRATCH_BYTES + layout_bytes(L)
+        return kept + gates + selections + 16 * bh * (q_rows + k_rows) + KERNEL_SCRATCH_BYTES + layout_bytes(L)

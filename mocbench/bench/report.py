@@ -7,6 +7,8 @@ Layout of ``out_dir``::
     tables/{latency,latency_pivot,flops,scaling,status}.{md,tex,csv}   (stores with `mocbench bench` rows)
     tables/model.{md,tex,csv}                                         (stores with `mocbench bench-model` rows)
     figures/{latency_vs_shots,speedup_vs_sparsity}.{png,pdf}
+    figures/{speedup_by_family,block_density_by_family}.{png,pdf}   (bench rows; the family is the backend)
+    figures/fidelity_by_family.{png,pdf}                             (bench-model rows with per-layer fidelity)
 """
 
 from __future__ import annotations
@@ -100,13 +102,21 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
             atomic_write_text(base.with_suffix(suffix), text)
             written.append(base.with_suffix(suffix))
         md_parts.append(f"## {caption}\n\n{tables.to_markdown(table)}")
-    if figures and full is not None:
+    if figures:
         from mocbench.bench import figures as figs
 
-        (out / "figures").mkdir(parents=True, exist_ok=True)
-        for stem, fig in (("latency_vs_shots", figs.latency_vs_shots(full)),
-                          ("speedup_vs_sparsity", figs.speedup_vs_sparsity(full, reference))):
-            paths = figs.save(fig, out / "figures", stem)
+        drawn = []
+        if full is not None:
+            drawn += [("latency_vs_shots", lambda: figs.latency_vs_shots(full)),
+                      ("speedup_vs_sparsity", lambda: figs.speedup_vs_sparsity(full, reference)),
+                      ("speedup_by_family", lambda: figs.speedup_by_family(full, reference)),
+                      ("block_density_by_family", lambda: figs.block_density_by_family(full, reference))]
+        if is_model.any():
+            drawn.append(("fidelity_by_family", lambda: figs.fidelity_by_family(df[is_model])))
+        if drawn:
+            (out / "figures").mkdir(parents=True, exist_ok=True)
+        for stem, draw in drawn:
+            paths = figs.save(draw(), out / "figures", stem)
             written += paths
             if paths:
                 md_parts.append(f"![{stem}](figures/{stem}.png)\n")

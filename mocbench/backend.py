@@ -206,6 +206,13 @@ class AttentionBackend:
                    if v != _field_default(type(self.params), k)]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
+    def for_layer(self, index: int) -> AttentionBackend:
+        """The backend that attention layer ``index`` (0-based, in model order) of a model runs. The same
+        backend for every layer, except in families whose rule changes with depth (VMoBA cycles its
+        partition with the layer index): the model classes and the diffusers integration call this once
+        per layer."""
+        return self
+
     # ------------------------------------------------------------------ capabilities
     @property
     def capabilities(self) -> Capabilities:

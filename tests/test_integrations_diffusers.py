@@ -34,6 +34,7 @@ from mocbench.integrations.diffusers import (
 )
 from mocbench.integrations.diffusers import specs as specs_module
 from mocbench.integrations.diffusers.attention import LayerRecord, StreamAttention
+from mocbench.integrations.diffusers.processor import StreamProcessor
 
 FRAMES, HEIGHT, WIDTH = 3, 8, 8  # latent video; 2x2 patches -> 3 frames x 16 tokens
 
@@ -504,3 +505,13 @@ def test_gradients_through_the_backend_match_the_models_own():
         got = grads()
     assert len(got) == len(ref)
     assert max(max_err(a, b) for a, b in zip(got, ref)) <= 1e-6
+
+
+def test_vmoba_cycles_its_partition_over_a_diffusers_model_layers():
+    """apply_backend gives each matched self-attention layer its own index (AttentionBackend.for_layer)."""
+    model, _ = wan()
+    with use_backend(model, "vmoba") as handle:
+        layers = [m.processor.attention.backend for m in model.modules() if isinstance(getattr(m, "processor", None),
+                                                                                         StreamProcessor)]
+        assert [b.partition for b in layers] == ["temporal", "spatial"]
+        assert handle.backend.params.layer is None

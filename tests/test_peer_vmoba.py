@@ -87,6 +87,14 @@ def test_vmoba_layer_cycles_the_partition():
     layout = TokenLayout.single_shot(text_tokens=1, frames=4, frame_shape=(2, 2))
     names = [mocbench.get_backend("vmoba", layer=n).partition for n in range(6)]
     assert names == ["temporal", "spatial", "spatiotemporal"] * 2
+    # unset: layer i of a model gets partition i % 3 (for_layer); a set layer pins every layer
+    free = mocbench.get_backend("vmoba")
+    assert free.partition == "temporal" and free.params.layer is None
+    assert [free.for_layer(i).partition for i in range(4)] == ["temporal", "spatial", "spatiotemporal", "temporal"]
+    pinned = mocbench.get_backend("vmoba", layer=2)
+    assert all(pinned.for_layer(i) is pinned for i in range(3))
+    other = mocbench.get_backend("moc")
+    assert other.for_layer(5) is other
     assert mocbench.get_backend("vmoba", layer=1, spatial_chunk="1,1").chunking(layout) == "cubes:4,1,1"
 
 

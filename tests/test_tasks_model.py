@@ -168,3 +168,14 @@ def test_frames_not_a_multiple_of_the_temporal_patch_are_padded():
     x, t, ids = _inputs(S=2, F=3)
     assert model(x, t, ids).shape == x.shape
     assert spy.layouts[0].frames_per_shot == (2, 2)
+
+
+def test_every_dit_layer_runs_its_own_layer_of_the_backend():
+    """VMoBA cycles its partition with depth: block i of the DiT runs partition i % 3 (for_layer), also
+    after set_backend; backends without a layer rule are shared by every block."""
+    model = VideoDiT(SHAPE, "vmoba", {"temporal_chunk": 1})
+    assert [blk.attn.backend.partition for blk in model.blocks] == ["temporal", "spatial", "spatiotemporal"]
+    model.set_backend("vmoba", {"layer": 1})
+    assert {blk.attn.backend.partition for blk in model.blocks} == {"spatial"}
+    model.set_backend("moc", {"top_k": 1})
+    assert all(blk.attn.backend is model.backend for blk in model.blocks)

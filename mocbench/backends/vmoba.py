@@ -23,7 +23,7 @@ Legend: B batch, H heads, L tokens, D head_dim, n video queries of a shot, C blo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Literal
 
@@ -58,7 +58,9 @@ NORM_EPS = 1e-6  # a gate spread at most this is treated as 1 (as the published 
 
 @dataclass(frozen=True, kw_only=True)
 class VMoBAParams:
-    layer: int = 0  # transformer layer index: partition = (temporal, spatial, spatiotemporal)[layer % 3]
+    # Transformer layer index: partition = (temporal, spatial, spatiotemporal)[layer % 3]. None: each layer
+    # of a model gets its own index (for_layer; the paper's cycle), 0 outside a model; an int pins every layer.
+    layer: int | None = None
     temporal_chunk: int = 1  # frames per block (1D partition)
     spatial_chunk: str = "2,5"  # rows, columns per block, every frame of the shot (2D partition)
     st_chunk: str = "1,2,5"  # frames, rows, columns per block (3D partition)
@@ -69,7 +71,7 @@ class VMoBAParams:
 
     def __post_init__(self) -> None:
         check_impl(self.impl)
-        if self.layer < 0:
+        if self.layer is not None and self.layer < 0:
             raise ValueError(f"layer must be >= 0 (the transformer layer index), got {self.layer}")
         if self.temporal_chunk < 1:
             raise ValueError(f"temporal_chunk must be >= 1 frame, got {self.temporal_chunk}")
@@ -129,7 +131,13 @@ class VMoBA(PeerImplMixin, AttentionBackend):
 
     @property
     def partition(self) -> str:
-        return PARTITIONS[self.params.layer % 3]
+        return PARTITIONS[(self.params.layer or 0) % 3]
+
+    def for_layer(self, index: int) -> AttentionBackend:
+        """Layer ``index`` of a model: the partition of ``index % 3`` unless ``layer`` pins one."""
+        if self.params.layer is not None:
+            return self
+        return type(self)(replace(self.params, layer=index))
 
     def chunking(self, layout: TokenLayout) -> str:
         p = self.params

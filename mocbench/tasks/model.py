@@ -138,7 +138,7 @@ class VideoDiT(nn.Module):
             nn.init.normal_(e, std=0.02)
         self.t_mlp = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
         m = shape.model
-        self.blocks = nn.ModuleList(DiTBlock(C, m.heads, m.mlp_ratio, self.backend) for _ in range(m.depth))
+        self.blocks = nn.ModuleList(DiTBlock(C, m.heads, m.mlp_ratio, self.backend.for_layer(i)) for i in range(m.depth))
         self.final_norm = nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
         self.out = nn.Linear(C, pt * p * p * shape.channels)
@@ -149,8 +149,8 @@ class VideoDiT(nn.Module):
     def set_backend(self, name: str, params: dict | None = None) -> None:
         """Swap the attention kernel of every block (weights unchanged), e.g. dense -> moc."""
         self.backend = mocbench.get_backend(name, **(params or {}))
-        for blk in self.blocks:
-            blk.attn.backend = self.backend
+        for i, blk in enumerate(self.blocks):
+            blk.attn.backend = self.backend.for_layer(i)
 
     # ------------------------------------------------------------------ layout
     def check_input(self, S: int, F_: int, H: int, W: int, T: int, Cin: int) -> None:

@@ -41,11 +41,11 @@ class BackendHandle:
 
     # ------------------------------------------------------------------ install / remove
     def _install(self, modules: dict[str, torch.nn.Module]) -> None:
-        for name, module in modules.items():
+        for index, (name, module) in enumerate(modules.items()):
             record = self._records[name] = LayerRecord()
             if self._meters is not None:
                 self._meters[name] = FidelityMeter()
-            attention = StreamAttention(name, self.backend, placement=self.spec.text_placement, shots=self.shots,
+            attention = StreamAttention(name, self.backend.for_layer(index), placement=self.spec.text_placement, shots=self.shots,
                                         grid=self._current_grid, record=record, timing=self._timing,
                                         on_call=self._after_call if self._meters is not None else self._on_call)
             self._originals[name] = (module, module.processor)

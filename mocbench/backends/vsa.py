@@ -34,7 +34,6 @@ from mocbench.backends import flex_blocks
 from mocbench.backends.flex_blocks import FlexBlocks, Rule, flex_workspace_bytes
 from mocbench.backends.grouped import GroupPlan, attend_groups, build_plan
 from mocbench.backends.peer_impl import ANY_IMPL, PeerImplMixin, check_impl
-from mocbench.backends.pooling import pool_chunks
 from mocbench.backends.video_static import (
     caption_block_pairs,
     caption_groups,
@@ -47,6 +46,7 @@ from mocbench.backends.video_static import (
 )
 from mocbench.blocks import density
 from mocbench.layout import TokenLayout
+from mocbench.pooling import pool_chunks
 from mocbench.registry import register_backend
 from mocbench.stats import AttentionStats
 from mocbench.workspace import KERNEL_SCRATCH_BYTES, compute_itemsize, itemsize, layout_bytes

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from mocbench.backends.flex_blocks import kv_blocks
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import fused_attention_bytes
 
@@ -137,13 +138,8 @@ def build_block_mask(plan, block: int = BLOCK) -> BlockMask:
         full = full[None, None].expand(B, H, QB, KB)
         partial = partial[None, None].expand(B, H, QB, KB)
 
-    def as_blocks(active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num = active.sum(-1).to(torch.int32)
-        idx = torch.argsort((~active).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return num.contiguous(), idx.contiguous()
-
-    kv_num, kv_idx = as_blocks(partial.contiguous())
-    full_num, full_idx = as_blocks(full.contiguous())
+    kv_num, kv_idx = kv_blocks(partial.contiguous())
+    full_num, full_idx = kv_blocks(full.contiguous())
     mask_mod = _mask_mod(layout, structure, selected, Lp)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block,
                                     mask_mod=mask_mod, seq_lengths=(L, L))
@@ -228,7 +224,7 @@ def block_mask_bytes(s: MoCSizes) -> int:
     """The block mask of both flex impls, over a grid of QB x KB = (L/128)^2 blocks: anchored pair counts per block (per-class token counts (QB, Q) and anchored keys (Q, KB),
     float64, on the host; one copy and the full-block test on the device); with routing the
     (B, H, QB, C+1) hit map, the chunk-to-block incidence and the (B, H, QB, KB) routed blocks;
-    :func:`build_block_mask`'s two ``as_blocks`` (bool, int8, argsort values and int64 indices, int32)
+    :func:`build_block_mask`'s two ``kv_blocks`` (bool, int8, argsort values and int64 indices, int32)
     and the BlockMask's transposed indices; the padded routing for ``mask_mod``. On CPU host and
     device are the same memory."""
     L, K, C = s.tokens, s.slots, s.chunks

@@ -16,8 +16,13 @@ import torch
 
 from mocbench.backend import FLOAT_DTYPES, Capabilities
 from mocbench.backends.moc import cpu_ext
-from mocbench.backends.moc.flex import (flex_eager_kernel, flex_eager_workspace_bytes, flex_kernel,
-                                        flex_workspace_bytes, prepare_flex)
+from mocbench.backends.moc.flex import (
+    flex_eager_kernel,
+    flex_eager_workspace_bytes,
+    flex_kernel,
+    flex_workspace_bytes,
+    prepare_flex,
+)
 from mocbench.backends.moc.fused import fused_kernel, fused_workspace_bytes, prepare_fused
 from mocbench.backends.moc.gather import gather_kernel, gather_workspace_bytes, prepare_gather
 from mocbench.backends.moc.impl import MoCImpl

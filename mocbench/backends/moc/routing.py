@@ -35,26 +35,16 @@ import torch
 from mocbench.anchors import AnchorStructure
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.backends.moc.tiles import QueryTiles
+from mocbench.pooling import pool_chunks, pool_dtype
 
-# Scores are accumulated in at least float32 so every implementation routes identically.
-_MIN_ROUTING_DTYPE = torch.float32
+# Scores are accumulated in at least float32 (pool_dtype) so every implementation routes identically.
 # Peak bytes of one block of routing rows (scores, masks, top-k): the routing memory no longer grows with L*C.
 ROUTING_BLOCK_BYTES = 64 << 20
 
 
-def routing_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, _MIN_ROUTING_DTYPE)
-
-
 def chunk_descriptors(k_bhld: torch.Tensor, structure: AnchorStructure) -> torch.Tensor:
-    """phi: (B, H, C, D) mean-pooled keys of every chunk."""
-    ct = structure.chunks
-    B, H, _, D = k_bhld.shape
-    dt = routing_dtype(k_bhld.dtype)
-    chunk_id = ct.chunk_id.to(k_bhld.device)
-    phi = torch.zeros(B, H, ct.num_chunks, D, dtype=dt, device=k_bhld.device)
-    phi.index_add_(2, chunk_id, k_bhld.to(dt))
-    return phi / ct.sizes.to(device=k_bhld.device, dtype=dt)[:, None]
+    """phi: (B, H, C, D) mean-pooled keys of every chunk, in :func:`~mocbench.pooling.pool_dtype`."""
+    return pool_chunks(k_bhld, structure.chunks)
 
 
 @torch.no_grad()
@@ -72,7 +62,7 @@ def route(
     drop_in = p_drop_in > 0 and n_drop_in > 0
     if k_eff == 0 and not drop_in:
         return torch.empty(B, H, L, 0, dtype=torch.int64, device=device)
-    dt = routing_dtype(k_bhld.dtype)
+    dt = pool_dtype(k_bhld.dtype)
     if tiles is None:  # routing rows: the queries ...
         rows_bhud, row_class = q_bhld, structure.token_class
     else:  # ... or the mean query of every tile (its queries share one class)

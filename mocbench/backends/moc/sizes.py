@@ -35,7 +35,7 @@ class MoCSizes:
     anchor_keys: int  # keys of all anchor groups together (a group: one shot or one chunk)
     max_chunk: int  # tokens of the longest chunk
     partial_chunks: bool  # a routed chunk can be partly anchored (fixed:m across shots, shot anchor)
-    reordered: bool  # chunks are not contiguous in the stream (fixed:m): CPU impls copy k, v chunk-sorted
+    reordered: bool  # chunks not contiguous in the stream (fixed:m, cubes:): CPU impls copy k, v chunk-sorted
     threads: int  # CPU threads (per-thread buffers of the C++ kernels)
     tiles: int = 0  # T query tiles per (batch, head) with tile routing (moc-spec §9); 0: per-token routing
 
@@ -82,5 +82,5 @@ def moc_sizes(classes: QueryClasses, *, top_k: int, causal: bool, batch: int, he
     spans = torch.bincount(classes.class_chunk, minlength=C) > 1  # chunk with queries of several shots
     partial = classes.local_anchor == "shot" and bool((spans & eligible).any())
     return MoCSizes(batch, heads, L, head_dim, dtype, str(device), requires_grad, C, classes.num_classes, S, slots,
-                    anchor_keys, int(ct.sizes.max()) if C else 0, partial, not ct.rule.content_aligned,
+                    anchor_keys, int(ct.sizes.max()) if C else 0, partial, not ct.rule.contiguous,
                     torch.get_num_threads(), tiles)

@@ -18,6 +18,7 @@ import torch
 
 from mocbench.chunking import ChunkRule
 from mocbench.layout import TokenLayout
+from mocbench.pooling import group_mean
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,11 +36,7 @@ class QueryTiles:
 
     def mean_queries(self, q_bhld: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """qbar: (B, H, T, D) ``mean_{i in t} q_i`` in ``dtype`` (exactly ``q`` when ``tile = 1``)."""
-        B, H, _, D = q_bhld.shape
-        token_tile = self.token_tile.to(q_bhld.device)
-        qbar = torch.zeros(B, H, self.num_tiles, D, dtype=dtype, device=q_bhld.device)
-        qbar.index_add_(2, token_tile, q_bhld.to(dtype))
-        return qbar / self.tile_size.to(device=q_bhld.device, dtype=dtype)[:, None]
+        return group_mean(q_bhld, self.token_tile, self.tile_size, dtype)
 
 
 def query_tiles(layout: TokenLayout, chunking: str, tile: int) -> QueryTiles:

@@ -1,9 +1,9 @@
-"""Mean-pooling of per-token vectors over groups of tokens (block descriptors for routed families).
+"""Mean-pooling of per-token vectors over groups of tokens: the block descriptors of every routed family.
 
 ``pool_chunks(x, chunks)`` is ``mean_{j in chunk c} x_j`` for every chunk of a layout's chunking, per (batch,
-head), in at least float32 (MoC's routing dtype, :func:`mocbench.backends.moc.routing.routing_dtype`, so float32 and
-float64 inputs route the same way up to rounding, in every family). :func:`group_mean` is the same mean over any
-grouping (chunks, query tiles). Differentiable: VSA's coarse stage attends pooled queries, keys and values and
+head), in at least float32 (:func:`pool_dtype`, so float32 and float64 inputs route the same way up to
+rounding, in every family): MoC's chunk descriptors phi (moc-spec §4), VSA's pooled cubes, VMoBA's block
+keys. :func:`group_mean` is the same mean over any grouping (MoC's query tiles, moc-spec §9). Differentiable: VSA's coarse stage attends pooled queries, keys and values and
 gets gradients through them.
 """
 
@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import torch
 
-from mocbench.backends.moc.routing import routing_dtype as pool_dtype
 from mocbench.chunking import ChunkTable
 
 __all__ = ["group_mean", "pool_chunks", "pool_dtype"]
+
+MIN_POOL_DTYPE = torch.float32  # pooled means and the scores against them: at least float32
+
+
+def pool_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype means (and routing scores) are computed in for inputs of ``dtype``."""
+    return torch.promote_types(dtype, MIN_POOL_DTYPE)
 
 
 def group_mean(x_bhld: torch.Tensor, group_of_token: torch.Tensor, group_sizes: torch.Tensor,

@@ -1,8 +1,9 @@
-"""The ``flex`` implementation of the peer families (FlexAttention on a BlockMask built from each pattern's tiles,
-mocbench/backends/flex_blocks.py) against the independent float64 oracles (tests/oracle_peers.py):
+"""The FlexAttention implementations of the peer families (``flex`` compiled, ``flex_eager`` uncompiled; a BlockMask
+built from each pattern's tiles, mocbench/backends/flex_blocks.py) against the independent float64 oracles
+(tests/oracle_peers.py):
 
-* output (eager CPU FlexAttention, which runs the kernel's tile semantics: full tiles whole, partial tiles by
-  ``mask_mod``, absent tiles skipped) and gradients (torch has no CPU backward for FlexAttention, so the test
+* output (``flex_eager``, whose mask_mod runs the kernel's tile semantics: full tiles whole, partial tiles by
+  ``mask_mod``, absent tiles skipped; and compiled ``flex`` on CPU, which skips tiles itself) and gradients (torch has no CPU backward for FlexAttention, so the test
   routes the same block mask through FlexAttention's differentiable operator) equal the oracle;
 * every tile is classified as the oracle's pattern says (full, partial, absent), the tiles the kernel visits
   are the block-density grid, and ``mask_mod`` is the oracle's predicate, in the kernel's token order;
@@ -96,8 +97,8 @@ def test_flex_output_equals_oracle(i, name, params, block, layout, dtype, tile):
     """The flex path (and not the gathered one) runs, and equals the float64 oracle (f32 1e-5)."""
     tile(block)
     q, k, v, pattern = inputs(i, name, params, layout, dtype)
-    backend = mocbench.get_backend(name, impl="flex", **params)
-    assert backend.implementation("cpu") == "flex" and backend.prepare(q, k, layout).flex.block == block
+    backend = mocbench.get_backend(name, impl="flex_eager", **params)
+    assert backend.implementation("cpu") == "flex_eager" and backend.prepare(q, k, layout).flex.block == block
     out = backend(q, k, v, layout)
     want = oracle_peers.output(name, params, q.double(), k.double(), v.double(), layout, pattern)
     assert out.dtype == dtype and max_err(out, want) <= (1e-5 if dtype == torch.float32 else 1e-10)
@@ -110,7 +111,7 @@ def test_flex_gradients_equal_oracle(i, name, params, block, layout, tile, monke
     tile(block)
     monkeypatch.setattr(flex_blocks, "_eager_flex", differentiable_flex)
     q, k, v, pattern = inputs(i, name, params, layout, torch.float64)
-    backend = mocbench.get_backend(name, impl="flex", **params)
+    backend = mocbench.get_backend(name, impl="flex_eager", **params)
     plan = backend.prepare(q, k, layout)
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
     out = backend.forward(q, k, v, plan)
@@ -145,7 +146,7 @@ def test_tiles_and_mask_mod_follow_the_oracle(i, name, params, block, layout, ti
     predicate, and so is the CPU kernel's emulated mask."""
     tile(block)
     q, k, _, pattern = inputs(i, name, params, layout)
-    backend = mocbench.get_backend(name, impl="flex", **params)
+    backend = mocbench.get_backend(name, impl="flex_eager", **params)
     fb = backend.prepare(q, k, layout).flex
     order = kernel_order(backend, layout)
     if fb.order is not None:
@@ -173,19 +174,19 @@ def test_tile_aligned_layouts_have_no_partial_tile(name, params, tile):
     tile(8)
     layout = TokenLayout.multi_shot(text_tokens=8, frames=4, frame_shape=(2, 4), shots=2)
     q, k, _ = qkv((1, 2, layout.num_tokens, 8), 5)
-    backend = mocbench.get_backend(name, impl="flex", **params)
+    backend = mocbench.get_backend(name, impl="flex_eager", **params)
     full, partial = backend.prepare(q, k, layout).flex.tiles
     assert partial == 0 and full > 0
-    radial = mocbench.get_backend("radial", impl="flex", dense_frames=0).prepare(q, k, layout).flex
+    radial = mocbench.get_backend("radial", impl="flex_eager", dense_frames=0).prepare(q, k, layout).flex
     assert radial.tiles[1] > 0  # a pattern that is not tile-aligned has partial tiles on the same layout
 
 
-def test_cpu_flex_runs_the_kernels_tiles_not_only_the_predicate(tile):
-    """The CPU path follows the tile classification: dropping one visited tile, or declaring a partial tile
-    full, changes the output (so the output tests above check the tiles a CUDA kernel would skip or take)."""
+def test_eager_flex_runs_the_kernels_tiles_not_only_the_predicate(tile):
+    """The eager path follows the tile classification: dropping one visited tile, or declaring a partial tile
+    full, changes the output (so the output tests above check the tiles a compiled kernel would skip or take)."""
     tile(8)
     layout = random_layout(random.Random(2650), "interleaved", geometry=True)
-    sta = mocbench.get_backend("sliding_tile", impl="flex", tile="1,2,2", window="3,1,3")
+    sta = mocbench.get_backend("sliding_tile", impl="flex_eager", tile="1,2,2", window="3,1,3")
     q, k, v = qkv((1, 2, layout.num_tokens, 8), 11, torch.float64)
     good = sta.flex_blocks(layout, "cpu", 8)
     counts = sta.block_counts(layout, 8).clone()
@@ -195,7 +196,7 @@ def test_cpu_flex_runs_the_kernels_tiles_not_only_the_predicate(tile):
     for value in (0.0, float(8 * 8)):
         bad_counts = counts.clone()
         bad_counts[0, part[0], part[1]] = value
-        bad = flex_blocks.build(bad_counts, rule, layout.num_tokens, block=8, order=order)
+        bad = flex_blocks.build(bad_counts, rule, layout.num_tokens, block=8, order=order, compiled=False)
         assert max_err(flex_blocks.run(q, k, v, bad, 0.3), want) > 1e-3, value
 
 
@@ -204,8 +205,9 @@ def test_flex_where_it_cannot_run_is_one_clear_error():
     q, k, v = (t.requires_grad_() for t in qkv((1, 1, layout.num_tokens, 4), 0))
     for name in ("sliding_tile", "radial", "svg", "vsa", "vmoba"):
         flex = mocbench.get_backend(name, impl="flex")
-        with pytest.raises(mocbench.UnsupportedError, match=r"impl 'flex': no backward pass on cpu"):
-            flex(q, k, v, layout)
+        for impl in ("flex", "flex_eager"):
+            with pytest.raises(mocbench.UnsupportedError, match=rf"impl '{impl}': no backward pass on cpu"):
+                mocbench.get_backend(name, impl=impl)(q, k, v, layout)
         gather = mocbench.get_backend(name, impl="gather")
         assert "impl 'gather': device 'cuda' not supported (supports cpu)" in gather.not_supported_reasons(
             device="cuda", layout=layout)
@@ -213,10 +215,10 @@ def test_flex_where_it_cannot_run_is_one_clear_error():
             assert "impl 'flex': CUDA is not available on this machine" in flex.not_supported_reasons(device="cuda")
         auto = mocbench.get_backend(name)
         assert (auto.implementation("cpu"), auto.implementation("cuda")) == ("gather", "flex")
-        with pytest.raises(ValueError, match=r"impl must be 'auto' or one of \['flex', 'gather'\], got 'fused'"):
+        with pytest.raises(ValueError, match=r"impl must be 'auto' or one of \['flex', 'flex_eager', 'gather'\], got 'fused'"):
             mocbench.get_backend(name, impl="fused")
-    with torch.no_grad():  # forward only: flex runs on CPU
-        assert mocbench.get_backend("radial", impl="flex")(q, k, v, layout).shape == q.shape
+    with torch.no_grad():  # forward only: flex_eager runs on CPU
+        assert mocbench.get_backend("radial", impl="flex_eager")(q, k, v, layout).shape == q.shape
 
 
 def test_backends_listing_shows_each_peer_impl_and_where_it_was_measured(capsys):
@@ -225,15 +227,41 @@ def test_backends_listing_shows_each_peer_impl_and_where_it_was_measured(capsys)
     for name in ("sliding_tile", "radial", "svg", "vsa", "vmoba"):
         rows = {r["impl"]: r for r in listing[name]}
         assert rows["flex"]["measured"] == "not yet measured on a GPU" and rows["flex"]["auto_order"] == "cuda #1"
+        assert rows["flex_eager"]["auto_order"] == "opt-in"
         assert rows["gather"]["auto_order"] == "cpu #1" and rows["gather"]["available"]
 
 
-def test_flex_workspace_counts_the_eager_scores_on_cpu_and_not_on_cuda():
-    """On CPU the eager kernel holds (B, H, L, L) scores three times over (float32); on CUDA the kernel is fused."""
+def test_flex_workspace_counts_the_eager_scores_and_not_the_compiled_kernels():
+    """Uncompiled FlexAttention holds (B, H, L, L) scores three times over (float32); compiled, the kernel is fused."""
     layout = TokenLayout.multi_shot(text_tokens=4, frames=8, frame_shape=(4, 8), shots=2)
     L = layout.num_tokens
     for name in ("sliding_tile", "radial", "svg", "vsa", "vmoba"):
-        flex = mocbench.get_backend(name, impl="flex")
-        kw = {"batch": 1, "heads": 2, "head_dim": 16, "dtype": torch.float32}
-        cpu, cuda = flex.workspace_bytes(layout, device="cpu", **kw), flex.workspace_bytes(layout, device="cuda", **kw)
-        assert cpu - cuda >= 2 * L * L * 3 * 4 and cuda > 0, (name, cpu, cuda)
+        kw = {"batch": 1, "heads": 2, "head_dim": 16, "dtype": torch.float32, "device": "cpu"}
+        eager = mocbench.get_backend(name, impl="flex_eager").workspace_bytes(layout, **kw)
+        compiled = mocbench.get_backend(name, impl="flex").workspace_bytes(layout, **kw)
+        assert eager - compiled >= 2 * L * L * 3 * 4 and compiled > 0, (name, eager, compiled)
+
+
+COMPILED_CASES = {
+    "sliding_tile": dict(tile="2,4,4", window="3,1,1"),
+    "radial": dict(dense_frames=1, decay=0.5),
+    "svg": dict(width=1.5),
+    "vsa": dict(cube="2,4,4", top_k=3),
+    "vmoba": dict(layer=2, st_chunk="2,4,4", select="topk", top_k=2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(COMPILED_CASES))
+def test_compiled_flex_on_cpu_equals_oracle(name):
+    """impl ``flex`` on CPU runs compiled FlexAttention, which itself skips absent tiles and the mask_mod of full
+    ones (128-token tiles): its output equals the oracle, so no tile is wrongly absent or wrongly full."""
+    layout = TokenLayout.multi_shot(text_tokens=[5, 3], frames=[8, 6], frame_shape=(8, 8), shots=2)
+    params = COMPILED_CASES[name]
+    q, k, v, pattern = inputs(7, name, params, layout, torch.float32)
+    backend = mocbench.get_backend(name, impl="flex", **params)
+    assert backend.prepare(q, k, layout).flex.compiled
+    with torch.no_grad():
+        out = backend(q, k, v, layout)
+    want = oracle_peers.output(name, params, q.double(), k.double(), v.double(), layout, pattern)
+    assert max_err(out, want) <= 1e-5

@@ -17,12 +17,13 @@ between, absent when 0; :func:`build` turns that into ``BlockMask.from_kv_blocks
 ``full_kv_*`` the full ones), so the kernel skips absent tiles and runs ``mask_mod`` only on partial ones.
 ``mask_mod(b, h, r, s)`` maps kernel positions to stream positions through ``order`` and asks ``rule``.
 
-Execution (:func:`run`): q, k, v are permuted into kernel order, attended, and the output is put back. On CUDA
-through ``torch.compile(flex_attention)``; on CPU FlexAttention runs eagerly, materialising the (B, H, L, L)
-scores and evaluating ``mask_mod`` on every pair (forward only: torch has no CPU backward for it). The eager
-path ignores a BlockMask's tiles, so on CPU the ``mask_mod`` given to it is the kernel's semantics written out
-(:func:`kernel_semantics`: full tile -> attended, partial tile -> ``mask_mod``, absent -> not): a CPU test of the
-output checks the tiles the CUDA kernel would skip or take whole, not only the predicate.
+Execution (:func:`run`): q, k, v are permuted into kernel order, attended, and the output is put back. Impl
+``flex`` runs ``torch.compile(flex_attention)`` (CUDA: Triton; CPU: inductor's C++ template, forward only:
+torch has no CPU backward for it). Impl ``flex_eager`` runs FlexAttention uncompiled, materialising the
+(B, H, L, L) scores and evaluating ``mask_mod`` on every pair. The eager path ignores a BlockMask's tiles, so
+the ``mask_mod`` given to it is the kernel's semantics written out (:func:`kernel_semantics`: full tile ->
+attended, partial tile -> ``mask_mod``, absent -> not): a test of the eager output checks the tiles the
+compiled kernel skips or takes whole, not only the predicate.
 
 Legend: B batch, H heads, L tokens, D head_dim, QB/KB query/key tiles, G grids (1 or B*H).
 """
@@ -51,13 +52,14 @@ Rule = Callable[..., torch.Tensor]  # rule(qi, kj[, b, h]) -> bool, broadcast ov
 class FlexBlocks:
     """A pattern ready for FlexAttention: the block mask the kernel runs, its tiles, and the kernel order."""
 
-    block_mask: BlockMask  # on CPU its mask_mod is kernel_semantics(...), see the module docstring
+    block_mask: BlockMask  # eager: its mask_mod is kernel_semantics(...), see the module docstring
     mask_mod: Callable  # the pattern's mask_mod on kernel positions (what the CUDA kernel runs on partial tiles)
     full: torch.Tensor  # (G, QB, KB) bool
     partial: torch.Tensor  # (G, QB, KB) bool
     order: torch.Tensor | None  # (L,) stream position of kernel position r; None = stream order
     inverse: torch.Tensor | None  # (L,) kernel position of stream position i
     block: int
+    compiled: bool = True  # run through torch.compile (impl flex) or eagerly (impl flex_eager)
 
     @property
     def tiles(self) -> tuple[int, int]:
@@ -103,10 +105,12 @@ def kernel_semantics(mask_mod: Callable, full: torch.Tensor, partial: torch.Tens
 
 
 def build(counts: torch.Tensor, rule: Rule, tokens: int, *, block: int | None = None, order: torch.Tensor | None = None,
-          batch: int = 1, heads: int = 1, per_head: bool = False, device: torch.device | str = "cpu") -> FlexBlocks:
+          batch: int = 1, heads: int = 1, per_head: bool = False, device: torch.device | str = "cpu",
+          compiled: bool = True) -> FlexBlocks:
     """The BlockMask of a pattern from its (G, QB, KB) pair counts (kernel order) and its predicate ``rule`` on
     stream positions (``rule(qi, kj, b, h)`` when ``per_head``); G is 1 (shared) or ``batch * heads``; ``block``
-    must be the tile ``counts`` were counted in (default :data:`BLOCK`)."""
+    must be the tile ``counts`` were counted in (default :data:`BLOCK`); ``compiled``: for impl ``flex``
+    (else ``flex_eager``, whose mask_mod emulates the tiles)."""
     block = block or BLOCK
     dev = torch.device(device)
     G = counts.shape[0]
@@ -132,18 +136,19 @@ def build(counts: torch.Tensor, rule: Rule, tokens: int, *, block: int | None = 
         def mask_mod(b, h, r, s):
             return valid[s] & rule(stream[r], stream[s])
 
-    run_mod = mask_mod if dev.type == "cuda" else kernel_semantics(mask_mod, full, partial, block, heads)
+    run_mod = mask_mod if compiled else kernel_semantics(mask_mod, full, partial, block, heads)
     block_mask = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=run_mod,
                                           seq_lengths=(tokens, tokens))
     inverse = None
     if order is not None:
         inverse = torch.empty(tokens, dtype=torch.int64, device=dev)
         inverse[order.to(dev)] = torch.arange(tokens, device=dev)
-    return FlexBlocks(block_mask, mask_mod, full, partial, None if order is None else order.to(dev), inverse, block)
+    return FlexBlocks(block_mask, mask_mod, full, partial, None if order is None else order.to(dev), inverse, block,
+                      compiled)
 
 
 def _eager_flex(q, k, v, block_mask: BlockMask, scale: float) -> torch.Tensor:
-    """FlexAttention without compilation (CPU): unfused, forward only (kept separate so tests can swap it)."""
+    """FlexAttention without compilation: unfused (kept separate so tests can swap it)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
@@ -154,30 +159,30 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: FlexBlocks, scale
     global _compiled_flex
     if fb.order is not None:
         q, k, v = (t.index_select(2, fb.order) for t in (q, k, v))
-    if q.device.type == "cuda":
+    if q.device.type == "cpu" and not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+    if fb.compiled:
         if _compiled_flex is None:
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         out = _compiled_flex(q, k, v, block_mask=fb.block_mask, scale=scale)
     else:
-        if not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad, even under no_grad
-            q, k, v = q.detach(), k.detach(), v.detach()
         out = _eager_flex(q, k, v, fb.block_mask, scale)
     return out if fb.inverse is None else out.index_select(2, fb.inverse)
 
 
 def flex_workspace_bytes(*, grids: int, tokens: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
-                         device: str, requires_grad: bool, tables: int = 0) -> int:
+                         compiled: bool, requires_grad: bool, tables: int = 0) -> int:
     """Upper bound of the flex path's working set: the pair-count grids (float32, and the host copy they are
     counted in), the full/partial tiles (bool) and BlockMask's four index tensors and their transposes (int32,
     argsort's int64 indices), the padded position tables, ``tables`` bytes of the family's own tables, the
-    permuted q, k, v and output, and the attention: a fused kernel on CUDA; on CPU the eager kernel's (B, H, L, L)
+    permuted q, k, v and output, and the attention: a fused kernel compiled; the eager kernel's (B, H, L, L)
     scores, probabilities and masked copy (float32, float64 for float64) and ``mask_mod``'s boolean temporaries."""
     block = BLOCK
     nb = -(-tokens // block)
     grid = grids * nb * nb
     blocks = grid * (4 + 4 + 2 + 2 * 8 + 4 * 4) + 2 * nb * block * 9
     permuted = 4 * batch * heads * tokens * head_dim * itemsize(dtype)
-    if torch.device(device).type == "cuda":
+    if compiled:
         attention = fused_attention_bytes(batch, heads, tokens, head_dim, dtype, requires_grad=requires_grad)
     else:
         w = 8 if dtype == torch.float64 else 4

@@ -3,9 +3,11 @@
 
 * ``gather``: gathered groups on stacked SDPA calls (:mod:`mocbench.backends.grouped`); CPU, forward and
   backward; what the CPU benchmarks time.
-* ``flex``: FlexAttention with a BlockMask built from the pattern's block structure
-  (:mod:`mocbench.backends.flex_blocks`); compiled on CUDA (forward and backward), eager on CPU (forward only,
-  unfused: correctness checks, not timing).
+* ``flex``: compiled FlexAttention with a BlockMask built from the pattern's block structure
+  (:mod:`mocbench.backends.flex_blocks`) on every device: CUDA (Triton; forward and backward) and CPU
+  (inductor's C++ template, forward only; the first call per shape compiles), as MoC's impl ``flex``.
+* ``flex_eager``: the same BlockMask on uncompiled FlexAttention (every score materialised, the tiles emulated
+  by the mask_mod; forward only on CPU): correctness checks, not timing.
 
 ``auto`` runs ``AUTO[device type]``: ``gather`` on CPU, ``flex`` on CUDA. A call the selected implementation
 cannot run is refused with its reasons (never served by the other one). Where each has been measured is
@@ -32,14 +34,20 @@ class PeerImpl:
     name: str
     caps: Capabilities
     description: str
+    flex: bool = False  # runs on a FlexAttention BlockMask (flex_blocks)
+    compiled: bool = False  # through torch.compile (flex) rather than eagerly (flex_eager)
 
 
 IMPLS: dict[str, PeerImpl] = {impl.name: impl for impl in (
     PeerImpl("gather", CPU_ONLY, "CPU: gathered groups of queries and keys on stacked SDPA calls (or partials "
                                  "merged by log-sum-exp); exact, autograd backward, memory follows the pairs"),
-    PeerImpl("flex", FLEX_CAPS, "FlexAttention with a BlockMask built from the pattern's tiles (full tiles skip "
-                                "mask_mod; tile-aligned families run in their kernel order); compiled on CUDA; "
-                                "eager, unfused and forward-only on CPU: correctness only"),
+    PeerImpl("flex", FLEX_CAPS, "compiled FlexAttention with a BlockMask built from the pattern's tiles (full tiles "
+                                "skip mask_mod; tile-aligned families run in their kernel order); CUDA: Triton; "
+                                "CPU: inductor's C++ template, forward only; the first call per shape compiles",
+             flex=True, compiled=True),
+    PeerImpl("flex_eager", FLEX_CAPS, "the same BlockMask on uncompiled FlexAttention: every score materialised, "
+                                      "tiles emulated by the mask_mod; correctness only (tests, debugging)",
+             flex=True),
 )}
 AUTO: dict[str, str] = {"cpu": "gather", "cuda": "flex"}
 

@@ -185,7 +185,7 @@ class SVG(PeerImplMixin, AttentionBackend):
         plans = tuple(band.group_plan(layout) for band in self._bands())
         plan.temporal = self.choose(q, k, layout, plan.softmax_scale).cpu()
         n_temporal = int(plan.temporal.sum())
-        if self.selected_impl(q.device).name == "flex":
+        if self.selected_impl(q.device).flex:
             plan.flex = self.flex_blocks(layout, plan.temporal, q.device)
         else:
             plan.plans = tuple(gp.to(q.device) for gp in plans)
@@ -208,7 +208,7 @@ class SVG(PeerImplMixin, AttentionBackend):
             return torch.where(chosen[b, h], rule_t(qi, kj), rule_s(qi, kj))
 
         return flex_blocks.build(counts, rule, layout.num_tokens, block=block, batch=B, heads=H, per_head=True,
-                                 device=device)
+                                 device=device, compiled=self.selected_impl(device).compiled)
 
     def forward(self, q, k, v, plan: SVGPlan) -> torch.Tensor:
         if plan.flex is not None:
@@ -263,9 +263,10 @@ class SVG(PeerImplMixin, AttentionBackend):
         n, L = self.sampled_queries(layout).numel(), layout.num_tokens
         biggest = max((band.group_plan(layout) for band in self._bands()), key=lambda gp: gp.gathered_keys)
         profile = n * L + 3 * batch * heads * n * L * 8 + layout_bytes(L)
-        if self.selected_impl(device).name == "flex":
+        if self.selected_impl(device).flex:
             return profile + flex_workspace_bytes(grids=batch * heads + 2, tokens=L, batch=batch, heads=heads,
-                                                  head_dim=head_dim, dtype=dtype, device=device,
+                                                  head_dim=head_dim, dtype=dtype,
+                                                  compiled=self.selected_impl(device).compiled,
                                                   requires_grad=requires_grad, tables=2 * 8 * 8 * L)
         run = grouped_workspace(biggest, batch=batch, heads=heads, head_dim=head_dim, dtype=dtype,
                                 requires_grad=requires_grad)

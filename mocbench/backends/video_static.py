@@ -205,16 +205,17 @@ class StaticVideoBackend(PeerImplMixin, AttentionBackend):
     def flex_blocks(self, layout: TokenLayout, device: torch.device | str, block: int | None = None) -> FlexBlocks:
         """The pattern as a FlexAttention BlockMask in :meth:`kernel_order` (cached per layout, device, block)."""
         block = block or flex_blocks.BLOCK
-        key = ("peer_flex_blocks", self.name, self.pattern_params, str(torch.device(device)), block)
+        compiled = self.selected_impl(device).compiled
+        key = ("peer_flex_blocks", self.name, self.pattern_params, str(torch.device(device)), block, compiled)
         if key not in layout._cache:
             layout._cache[key] = flex_blocks.build(self.block_counts(layout, block), self.rule(layout, device),
                                                    layout.num_tokens, block=block, order=self.kernel_order(layout),
-                                                   device=device)
+                                                   device=device, compiled=compiled)
         return layout._cache[key]
 
     def _prepare(self, q, k, layout, *, training, generator, scale=None) -> GroupedPlan:
         B, H, _, D = q.shape
-        if self.selected_impl(q.device).name == "flex":
+        if self.selected_impl(q.device).flex:
             return GroupedPlan(layout, B, H, D, q.device, scale=scale, flex=self.flex_blocks(layout, q.device))
         return GroupedPlan(layout, B, H, D, q.device, scale=scale, groups=self.group_plan(layout).to(q.device))
 
@@ -266,12 +267,12 @@ class StaticVideoBackend(PeerImplMixin, AttentionBackend):
         backward holds the gradients of every gathered tensor as well. ``flex``: the group plan it is counted
         from (host) and :func:`flex_blocks.flex_workspace_bytes`."""
         plan = self.group_plan(layout)
-        if self.selected_impl(device).name == "flex":
+        if self.selected_impl(device).flex:
             L = layout.num_tokens
             host = 16 * (plan.gathered_keys + plan.rows) + plan.mask_elements if torch.device(device).type == "cpu" else 0
             return host + flex_workspace_bytes(grids=1, tokens=L, batch=batch, heads=heads, head_dim=head_dim,
-                                               dtype=dtype, device=device, requires_grad=requires_grad,
-                                               tables=8 * 8 * L) + layout_bytes(L)
+                                               dtype=dtype, compiled=self.selected_impl(device).compiled,
+                                               requires_grad=requires_grad, tables=8 * 8 * L) + layout_bytes(L)
         return grouped_workspace(plan, batch=batch, heads=heads, head_dim=head_dim,
                                  dtype=dtype, requires_grad=requires_grad) + layout_bytes(layout.num_tokens)
 

@@ -233,10 +233,11 @@ class VMoBA(PeerImplMixin, AttentionBackend):
         routing = sum(2 * B * H * tokens.numel() * ids.numel() * D for _, ids, tokens, _, _ in shots)
         plan = VMoBAPlan(layout, B, H, D, q.device, scale=scale, selected=selected, routing_flops=routing,
                          pooling_flops=B * H * layout.num_video_tokens * D, num_chunks=int((~ct.is_text).sum()))
-        if self.selected_impl(q.device).name == "flex":
+        if self.selected_impl(q.device).flex:
             counts = self.routed_block_pairs(layout, selected, (flex_blocks.BLOCK, flex_blocks.BLOCK))
             plan.flex = flex_blocks.build(counts, self.routed_rule(layout, selected), L, batch=B, heads=H,
-                                          per_head=True, device=q.device)
+                                          per_head=True, device=q.device,
+                                          compiled=self.selected_impl(q.device).compiled)
             plan.routed_pairs = round(float(counts.sum()))
             return plan
         text = caption_keys(layout)
@@ -323,15 +324,15 @@ class VMoBA(PeerImplMixin, AttentionBackend):
         bh, D, L = batch * heads, head_dim, layout.num_tokens
         _, shots = self._blocks(layout)
         selections = sum(bh * tokens.numel() * ids.numel() for _, ids, tokens, _, _ in shots)
-        if self.selected_impl(device).name == "flex":
+        if self.selected_impl(device).flex:
             widest = max(ids.numel() for _, ids, _, _, _ in shots)
             nb = -(-L // flex_blocks.BLOCK)
             counts = 8 * bh * nb * nb * 2 + max(8 * bh * (nb + tokens.numel()) * ids.numel() + 8 * ids.numel() * nb
                                                 for _, ids, tokens, _, _ in shots)
             gates = max(3 * bh * tokens.numel() * ids.numel() * f for _, ids, tokens, _, _ in shots)
             return selections + bh * L * widest + counts + gates + layout_bytes(L) + flex_workspace_bytes(
-                grids=bh, tokens=L, batch=batch, heads=heads, head_dim=D, dtype=dtype, device=device,
-                requires_grad=requires_grad, tables=3 * 8 * L)
+                grids=bh, tokens=L, batch=batch, heads=heads, head_dim=D, dtype=dtype,
+                compiled=self.selected_impl(device).compiled, requires_grad=requires_grad, tables=3 * 8 * L)
         n_text = layout.num_text_tokens
         pairs, q_rows = caption_pairs(layout), L
         k_rows = sum(k.numel() for _, k, _ in caption_groups(layout))

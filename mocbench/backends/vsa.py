@@ -157,10 +157,11 @@ class VSA(PeerImplMixin, AttentionBackend):
         chosen = self.select(q, k, layout, plan.softmax_scale)  # (B, H, C, K)
         plan.selected = torch.zeros(B, H, C, C, dtype=torch.bool, device=q.device).scatter_(-1, chosen, True)
         plan.num_cubes = C
-        if self.selected_impl(q.device).name == "flex":
+        if self.selected_impl(q.device).flex:
             counts = self.fine_block_pairs(layout, plan.selected, (flex_blocks.BLOCK, flex_blocks.BLOCK))
             plan.flex = flex_blocks.build(counts, self.fine_rule(layout, plan.selected), L, order=self.kernel_order(layout),
-                                          batch=B, heads=H, per_head=True, device=q.device)
+                                          batch=B, heads=H, per_head=True, device=q.device,
+                                          compiled=self.selected_impl(q.device).compiled)
             plan.fine_pairs = round(float(counts.sum()))
             return plan
         sel = chosen.cpu().view(B * H, C, -1)
@@ -249,13 +250,13 @@ class VSA(PeerImplMixin, AttentionBackend):
         e, f, bh = itemsize(dtype), compute_itemsize(dtype), batch * heads
         coarse = bh * (3 * C * D + 3 * C * C + 2 * L * D) * f
         selection = bh * C * C * (1 + 8)
-        if self.selected_impl(device).name == "flex":
+        if self.selected_impl(device).flex:
             nb = -(-L // flex_blocks.BLOCK)
             counts = 8 * (bh * nb * nb + bh * nb * C + 2 * nb * C)
             kept = coarse * (2 if requires_grad else 1) + 3 * bh * L * D * f
             return kept + selection + bh * (C + 1) ** 2 + counts + layout_bytes(L) + flex_workspace_bytes(
-                grids=bh, tokens=L, batch=batch, heads=heads, head_dim=D, dtype=dtype, device=device,
-                requires_grad=requires_grad, tables=3 * 8 * L)
+                grids=bh, tokens=L, batch=batch, heads=heads, head_dim=D, dtype=dtype,
+                compiled=self.selected_impl(device).compiled, requires_grad=requires_grad, tables=3 * 8 * L)
         K = min(self.params.top_k, C)
         biggest = sorted((m.numel() for m in members), reverse=True)[:K]
         n_text = layout.num_text_tokens

@@ -26,8 +26,8 @@ def _rows(path):
                    "temporal_flickering": flick, "dynamic_degree": 0.5, "motion_smoothness": 0.9,
                    "imaging_quality": 0.5, "proxy": 1})
         store.add({**common, "key": f"m|{label}", "label": label, "backend": backend, "evaluator": "memory",
-                   "identity_consistency": mem, "gt_identity_consistency": 1.0, "scene_consistency": mem,
-                   "identity_accuracy": mem, "gt_identity_accuracy": 1.0, "gt_scene_consistency": 1.0})
+                   "entity_recall": mem, "entity_lo": mem - 0.1, "entity_hi": mem + 0.1, "chance": 0.12,
+                   "scene_recall": mem, "scene_lo": mem - 0.1, "scene_hi": mem + 0.1, "scene_chance": 0.2})
         store.add({**common, "key": f"c|{label}", "label": label, "backend": backend, "evaluator": "cost",
                    "sparsity": 1 - flops / 2, "attn_gflops": flops})
         store.add({"key": f"v|{label}", "label": label, "backend": backend, "evaluator": "vbench",
@@ -101,7 +101,7 @@ def test_evaluate_writes_rows_skips_what_does_not_apply_and_resumes(tmp_path):
     df = load_table(store_path)
     get = lambda label, ev, col: df[(df.label == label) & (df.evaluator == ev)][col].iloc[0]
     assert get("dense", "fidelity", "psnr") == math.inf and 10 < get("moc(top_k=1)", "fidelity", "psnr") < 40
-    assert get("dense", "memory", "identity_accuracy") == 1.0
+    assert get("dense", "memory", "entity_recall") == 1.0 and get("dense", "memory", "entity_found") == 1.0
     assert get("moc(top_k=1)", "vbench_proxy", "proxy") == 1
     assert get("dense", "val_loss", "status") == "skipped"  # no checkpoint in these fake sets
     vb_rows = df[df.evaluator == "vbench"]

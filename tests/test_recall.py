@@ -1,6 +1,7 @@
-"""The recall task (ShapeShots ``task=recall``) and the position-free recall evaluator
-(mocbench/eval/recall.py): ground truth keeps its appearances and scores 1, a recoloured
-returning entity scores chance, a blank video scores 0, chance and the clustered test are right."""
+"""The recall and binding tasks (ShapeShots ``task=recall`` / ``binding``) and the position-free recall
+evaluator (mocbench/eval/recall.py): ground truth keeps its appearances and scores 1, a recoloured
+returning entity scores chance, a wrongly bound one scores as a distractor, a blank video scores 0,
+chance and the clustered test are right."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 from mocbench.eval.recall import (
     NOT_FOUND,
     PALETTE_NAMES,
+    RecallPlan,
     bootstrap_interval,
     chance_rate,
     evaluate_recall,
     shot_colours,
+    story_plan,
     two_proportion_test,
 )
 from mocbench.tasks.shapeshots import ENTITY_COLOURS, ShapeShotsConfig, generate, render_story
@@ -136,3 +139,89 @@ def test_bootstrap_interval_covers_the_mean_and_needs_two_stories():
     assert lo < 0.75 < hi and 0.5 < lo and hi < 0.95
     with pytest.raises(ValueError, match=">= 2 stories"):
         bootstrap_interval(np.ones(1))
+
+
+BINDING = ShapeShotsConfig(height=16, width=16, frames=2, shots=6, task="binding", num_entities=3,
+                           shapes=("square",), textures=("solid",), patterns=("plain",))
+
+
+def _dominant_entity_colour(shot: np.ndarray) -> str:
+    px = shot.transpose(0, 2, 3, 1).reshape(-1, 3)
+    counts = {name: int(np.isclose(px, c, atol=1e-6).all(-1).sum()) for name, c in ENTITY_COLOURS.items()}
+    return max(counts, key=counts.get)
+
+
+def test_binding_stories_introduce_each_entity_then_return_the_captioned_one():
+    a, story = generate(11, BINDING)
+    assert np.array_equal(a, generate(11, BINDING)[0])
+    colours = [e.colour for e in story.cast]
+    assert len(story.cast) == 3 and len(set(colours)) == 3, "distinct colours: the distractors are distinguishable"
+    returning = {tuple(s.entities) for s in story.shots[3:]}
+    assert len(returning) == 1
+    (r,) = returning.pop()
+    for shot in story.shots:
+        eid = shot.shot if shot.shot < 3 else r
+        assert shot.entities == [eid] and shot.caption == f"entity {eid}" and shot.scene == 0
+        # from the pixels: each shot shows its entity's colour; later shots repeat the returning entity's intro shot
+        assert _dominant_entity_colour(a[shot.shot]) == colours[eid]
+    assert {_dominant_entity_colour(a[k]) for k in range(3, 6)} == {_dominant_entity_colour(a[r])}
+    assert len({generate(s, BINDING)[1].shots[-1].entities[0] for s in range(30)}) == 3, "the returning entity varies"
+
+
+def test_binding_config_errors_name_the_values():
+    with pytest.raises(ValueError, match="shots > num_entities.*shots=3, num_entities=3"):
+        ShapeShotsConfig(task="binding", shots=3, num_entities=3)
+    with pytest.raises(ValueError, match="num_entities <= 8.*got 9"):
+        ShapeShotsConfig(task="binding", shots=12, num_entities=9)
+
+
+def _binding_videos(seeds, recolour=None):
+    """Ground-truth binding stories; ``recolour(story) -> colour name`` repaints the later shots."""
+    videos, plans = [], []
+    for seed in seeds:
+        _, story = generate(seed, BINDING)
+        if recolour is not None:
+            story.cast[story.shots[-1].entities[0]].colour = recolour(story)
+            video = render_story(story)
+            video[: BINDING.num_entities] = generate(seed, BINDING)[0][: BINDING.num_entities]  # intro shots as before
+        else:
+            video = render_story(story)
+        videos.append(video)
+        plans.append(story_plan(story))
+    return np.stack(videos), plans
+
+
+def test_binding_ground_truth_scores_one_with_no_distractor_and_wrong_binding_scores_distractor():
+    videos, plans = _binding_videos(range(24))
+    assert all(p.entity_source[3:] == (p.entity_source[3],) * 3 and p.entity_source[:3] == (-1,) * 3 for p in plans)
+    r = evaluate_recall(videos, plans)
+    assert r.entity_recall == 1.0 and r.distractor == 0.0 and r.pairs == 24 * 3
+    assert 0 < r.chance < 0.3
+    # later shots drawn in a non-returning entity's colour: memory of colours without the caption's binding
+    wrong = lambda story: next(e.colour for e in story.cast if e.id != story.shots[-1].entities[0])
+    videos, plans = _binding_videos(range(24), recolour=wrong)
+    r = evaluate_recall(videos, plans)
+    assert r.entity_recall == 0.0 and r.distractor == 1.0 and (r.distractor_lo, r.distractor_hi) == (1.0, 1.0)
+    # recall stories have no distractors: the column is empty, not 0
+    assert np.isnan(evaluate_recall(_videos(range(4))).distractor)
+
+
+def test_chance_with_per_story_source_shots_on_a_known_case():
+    # 3 stories, 3 shots; story a's shot 2 recalls shot src[a]
+    colours = np.array([[0, 1, 1], [1, 0, 0], [2, 2, 1]])
+    src = np.array([[-1, -1, 1], [-1, -1, 0], [-1, -1, 0]])
+    # a=0: colour 1 vs shot 1 of b=1 (0), b=2 (2) -> 0; a=1: colour 0 vs shot 0 of b=0 (0) yes, b=2 (2) -> 1/2;
+    # a=2: colour 1 vs shot 0 of b=0 (0), b=1 (1) yes -> 1/2
+    assert chance_rate(colours, src) == pytest.approx((0 + 0.5 + 0.5) / 3)
+
+
+def test_too_few_scored_stories_is_an_error_for_entities_and_nan_for_scenes():
+    videos = _videos(range(4))
+    no_scene = RecallPlan(entity_source=(-1, 0, 0, 0), scene_source=(-1,) * 4, distractors=((),) * 4)
+    r = evaluate_recall(videos, [no_scene] * 4)
+    assert r.entity_recall == 1.0 and np.isnan(r.scene_recall) and np.isnan(r.scene_chance)
+    nothing = RecallPlan(entity_source=(-1,) * 4, scene_source=(-1, 0, 0, 0), distractors=((),) * 4)
+    with pytest.raises(ValueError, match=r"recall needs >= 2 stories with a scored shot \(an entity seen alone"):
+        evaluate_recall(videos, [nothing, nothing, no_scene, nothing])
+    with pytest.raises(ValueError, match="3 plans for 4 videos"):
+        evaluate_recall(videos, [no_scene] * 3)

@@ -1,5 +1,6 @@
 """Quality evaluation of sampled videos: fidelity to dense, held-out loss, VBench (real and proxies),
-a ShapeShots memory probe, cost columns, and the paper-style tables built from their rows.
+long-range memory (position-free colour recall, :mod:`mocbench.eval.recall`), cost columns, and the
+paper-style tables built from their rows.
 
 ``mocbench eval SAMPLES`` runs evaluators (:mod:`mocbench.eval.runner`); ``mocbench paper CONFIG``
 regenerates a table end to end (:mod:`mocbench.eval.paper`); ``mocbench report STORE --table paper2``

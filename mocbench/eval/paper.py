@@ -166,10 +166,9 @@ def side_by_side(reference: Path, other: Path, path: Path, samples: int = 2) -> 
     """PNG: per sample, one row per shot: ground truth | reference (dense) | other (MoC)."""
     import torch
 
-    from mocbench.eval.memory import story_from_metadata
     from mocbench.eval.samples import SampleSet
     from mocbench.tasks.media import contact_sheet, stack_sheets, write_png
-    from mocbench.tasks.shapeshots import render_story
+    from mocbench.tasks.shapeshots import render_story, story_from_metadata
 
     a, b = SampleSet.load(reference), SampleSet.load(other)
     sheets = []

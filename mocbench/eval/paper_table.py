@@ -3,8 +3,10 @@
 ``paper1`` (single-shot) and ``paper2`` (multi-shot) share the columns of the sparse-video-
 attention papers: the six VBench dimensions (subject / background consistency, motion smoothness,
 dynamic degree, aesthetic and imaging quality), then fidelity to dense (PSNR / SSIM), held-out loss,
-sparsity, attention FLOPs and sampling latency. Long-range memory is not a column: the old
-ground-truth-mask probe scored a constant grey video 1.0; ``mocbench memory`` measures it instead.
+sparsity, attention FLOPs and sampling latency. Long-range memory is not a column: a table's few
+samples per backend give too few returning shots for an interval that says anything, so
+``mocbench memory`` measures it on 128+ stories (the ``memory`` evaluator rows of ``mocbench eval``,
+the same position-free recall, stay in the store).
 
 A VBench cell shows the real VBench score when its row is ``ok``; otherwise the weight-free proxy
 marked with a dagger; otherwise "n/a" with the reason (missing weights) in the footnote. A best

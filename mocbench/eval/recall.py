@@ -1,8 +1,12 @@
-"""Position-free recall: does each later shot draw the entity and the scene in shot 0's colours?
+"""Position-free recall: does a shot draw a returning entity and scene in the colours they had before?
 
-The memory benchmark's evaluator (ShapeShots ``task=recall``: one entity, one scene, both in every
-shot). It reads the *generated frames alone*: no ground-truth masks or positions, so a video that
-draws nothing cannot score.
+The one definition of long-range memory in mocbench: ``mocbench memory`` scores ShapeShots
+``recall`` and ``binding`` stories with it, and the ``memory`` evaluator of ``mocbench eval``
+scores any folder of ShapeShots samples. It reads the *generated frames alone*: no ground-truth
+masks or positions, so a video that draws nothing cannot score. The story's shot plan (what its
+captions and task say) only decides *which* shots are compared (:class:`RecallPlan`): in a recall
+story every later shot repeats shot 0; in a binding story every later shot repeats the shot that
+introduced the captioned entity, and the other introduction shots are its distractors.
 
 1. Every pixel is labelled with the nearest colour of the ShapeShots palettes (entity colours, then
    scene colours) if it lies within that colour's ``RADII`` (RGB in [0, 1]): half its distance to the
@@ -11,13 +15,17 @@ draws nothing cannot score.
 2. Per shot: the *scene colour* is the most frequent scene-palette label if it covers at least
    ``MIN_SCENE_FRACTION`` of the shot's pixels; the *entity colour* is the most frequent
    entity-palette label if it covers at least ``MIN_ENTITY_FRACTION``. Otherwise "not found".
-3. A shot pair (shot 0, shot k) is a hit when both colours were found and are equal. A story gives
-   ``S - 1`` pairs; recall is the fraction of hits (a shot where nothing is found is a miss).
-4. Chance: the same comparison between *different* stories (later shot of story a vs shot 0 of
-   story b != a), i.e. the recall a model reaches by drawing plausible colours with no memory.
-5. Intervals: a percentile bootstrap over stories (``scipy.stats.bootstrap``), because the pairs of
-   one story are not independent. Tests against a reference: a two-proportion z-test whose standard
-   errors are clustered by story (:func:`two_proportion_test`).
+   (Made for solid entities on plain scenes; a texture or pattern keeps the dominant colour only
+   where its base colour covers most of the sprite or background.)
+3. A scored shot k with source shot s is a hit when both colours were found and are equal; a
+   story's recall is its fraction of hits (a shot where nothing is found is a miss), and recall is
+   the mean over stories. Binding stories also give the *distractor* rate: scored shots that miss
+   but show the colour of another entity's introduction shot (memory without the caption's binding).
+4. Chance: the same comparison between *different* stories (shot k of story a vs shot s of story
+   b != a), i.e. the recall a model reaches by drawing plausible colours with no memory.
+5. Intervals: a percentile bootstrap over stories (``scipy.stats.bootstrap``), because the scored
+   shots of one story are not independent. Tests against a reference: a two-proportion z-test whose
+   standard errors are clustered by story (:func:`two_proportion_test`).
 
 Videos are float ``(N, S, F, 3, H, W)`` in [0, 1].
 """
@@ -28,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mocbench.tasks.shapeshots import ENTITY_COLOURS, SCENE_COLOURS
+from mocbench.tasks.shapeshots import ENTITY_COLOURS, SCENE_COLOURS, Story
 
 PALETTE_NAMES = tuple(ENTITY_COLOURS) + tuple(SCENE_COLOURS)
 PALETTE = np.array([*ENTITY_COLOURS.values(), *SCENE_COLOURS.values()], dtype=np.float32)  # (K, 3)
@@ -65,24 +73,106 @@ def shot_colours(videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return entity, scene
 
 
-def recall_hits(colours: np.ndarray) -> np.ndarray:
-    """bool ``(N, S-1)``: shot k's colour equals shot 0's and both were found."""
-    first, later = colours[:, :1], colours[:, 1:]
-    return (later == first) & (first != NOT_FOUND)
+@dataclass(frozen=True)
+class RecallPlan:
+    """Which earlier shot each shot of a story must repeat, from the story's shot plan (what its
+    captions and the task say), never from its pixels. Per shot ``k``:
+
+    - ``entity_source[k]``: the first earlier shot that showed shot ``k``'s entity alone, when shot
+      ``k`` shows exactly one entity; ``-1`` (not scored) otherwise or at its first appearance;
+    - ``scene_source[k]``: the first earlier shot of shot ``k``'s scene, or ``-1``;
+    - ``distractors[k]``: the first-alone shots of the *other* entities before shot ``k`` (binding:
+      the entities that do not return); empty for recall stories.
+    """
+
+    entity_source: tuple[int, ...]
+    scene_source: tuple[int, ...]
+    distractors: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def recall(cls, shots: int) -> RecallPlan:
+        """One entity and one scene in every shot (ShapeShots ``recall``): every later shot repeats shot 0."""
+        later = (-1,) + (0,) * (shots - 1)
+        return cls(later, later, ((),) * shots)
 
 
-def chance_rate(colours: np.ndarray) -> float:
-    """Recall of later shots against shot 0 of *other* stories: mean over ordered story pairs a != b
-    and later shots k of ``[colours[a, k] == colours[b, 0] != NOT_FOUND]``."""
+def story_plan(story: Story) -> RecallPlan:
+    """The :class:`RecallPlan` of a ShapeShots story (any kind; ``recall`` gives :meth:`RecallPlan.recall`)."""
+    S = len(story.shots)
+    ent, scene, distract = [-1] * S, [-1] * S, [()] * S
+    first_alone: dict[int, int] = {}
+    first_scene: dict[int, int] = {}
+    for shot in story.shots:
+        k = shot.shot
+        if len(shot.entities) == 1:
+            e = shot.entities[0]
+            if e in first_alone:
+                ent[k] = first_alone[e]
+                distract[k] = tuple(j for other, j in first_alone.items() if other != e)
+            else:
+                first_alone[e] = k
+        if shot.scene in first_scene:
+            scene[k] = first_scene[shot.scene]
+        else:
+            first_scene[shot.scene] = k
+    return RecallPlan(tuple(ent), tuple(scene), tuple(distract))
+
+
+def _sources(plans: list[RecallPlan] | None, N: int, S: int, which: str) -> np.ndarray:
+    """int ``(N, S)`` source shots of every story (``-1``: not scored)."""
+    if plans is None:
+        plans = [RecallPlan.recall(S)] * N
+    if len(plans) != N:
+        raise ValueError(f"{len(plans)} plans for {N} videos: give one RecallPlan per story")
+    src = np.array([getattr(p, which) for p in plans], dtype=np.int64).reshape(N, -1)
+    if src.shape[1] != S:
+        raise ValueError(f"plans are for {src.shape[1]} shots but the videos have {S}")
+    return src
+
+
+def recall_hits(colours: np.ndarray, source: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(hits, pairs)``, bool ``(N, S)`` each: shot ``k`` is scored (``pairs``) when it has a source
+    shot, and a hit when its colour was found and equals its source shot's. ``source`` int ``(N, S)``
+    (default: every later shot repeats shot 0)."""
+    N, S = colours.shape
+    if source is None:
+        source = _sources(None, N, S, "entity_source")
+    pairs = source >= 0
+    src_colour = np.take_along_axis(colours, np.maximum(source, 0), axis=1)
+    return pairs & (colours == src_colour) & (colours != NOT_FOUND), pairs
+
+
+def chance_rate(colours: np.ndarray, source: np.ndarray | None = None) -> float:
+    """Recall against *other* stories: per scored shot ``(a, k)`` with source shot ``s``, the fraction
+    of stories ``b != a`` with ``colours[b, s] == colours[a, k] != NOT_FOUND``; averaged over a story's
+    scored shots, then over stories (the recall a model reaches by drawing plausible colours with no
+    memory)."""
     N, S = colours.shape
     if N < 2 or S < 2:
         raise ValueError(f"chance needs >= 2 stories of >= 2 shots, got {N} x {S}")
-    first, later = colours[:, 0], colours[:, 1:]
-    matches = 0
-    for c in np.unique(first[first != NOT_FOUND]):
-        in_later = (later == c).sum(axis=1)  # per story
-        matches += int(in_later.sum()) * int((first == c).sum()) - int(in_later[first == c].sum())
-    return matches / (N * (N - 1) * (S - 1))
+    if source is None:
+        source = _sources(None, N, S, "entity_source")
+    K = int(colours.max()) + 2  # colour c counted at c + 1; NOT_FOUND at 0
+    count = np.zeros((S, K), dtype=np.int64)  # count[s, c + 1]: stories whose shot s has colour c
+    for s in range(S):
+        count[s] = np.bincount(colours[:, s] + 1, minlength=K)
+    pairs = source >= 0
+    src = np.maximum(source, 0)
+    own = np.take_along_axis(colours, src, axis=1) == colours  # story a itself is not "another story"
+    others = count[src, colours + 1] - own
+    rate = np.where(pairs & (colours != NOT_FOUND), others / (N - 1), 0.0)
+    scored = pairs.sum(1)
+    keep = scored > 0
+    return float((rate.sum(1)[keep] / scored[keep]).mean()) if keep.any() else float("nan")
+
+
+def distractor_hits(colours: np.ndarray, source: np.ndarray, distractors: np.ndarray) -> np.ndarray:
+    """bool ``(N, S)``: a scored shot that misses but shows the colour of a distractor shot (another
+    entity of the story, as drawn in the shot that introduced it). ``distractors`` bool ``(N, S, S)``:
+    ``[n, k, j]`` when shot ``j`` is a distractor of shot ``k``."""
+    hits, pairs = recall_hits(colours, source)
+    same = (colours[:, :, None] == colours[:, None, :]) & (colours[:, None, :] != NOT_FOUND)  # (N, k, j)
+    return pairs & ~hits & (same & distractors).any(-1)
 
 
 def bootstrap_interval(per_story: np.ndarray, confidence: float = 0.95, resamples: int = 2000,
@@ -119,47 +209,88 @@ def two_proportion_test(per_story_a: np.ndarray, per_story_b: np.ndarray) -> tup
 
 @dataclass
 class RecallResult:
-    """Recall of entity and scene colours over ``stories`` x ``shots - 1`` pairs, with 95 % intervals."""
+    """Recall of entity and scene colours over the scored shots of ``stories`` stories, with 95 %
+    intervals. Rates are means over stories of per-story rates (a story's scored shots are not
+    independent); stories with no scored shot are left out of a rate."""
 
     stories: int
-    pairs: int
+    pairs: int  # scored (later shot, source shot) entity pairs
     entity_recall: float
     entity_lo: float
     entity_hi: float
     chance: float  # entity recall by chance (cross-story pairs)
+    distractor: float  # scored shots drawn in another entity's colour (NaN when no story has distractors)
+    distractor_lo: float
+    distractor_hi: float
     scene_recall: float
     scene_lo: float
     scene_hi: float
     scene_chance: float
     entity_found: float  # fraction of shots where an entity colour was found
-    entity_per_story: list[int]  # hits per story (S - 1 pairs each): the test's input
+    entity_per_story: list[int]  # hits per story: the test's input
+    entity_pairs_per_story: list[int]  # scored shots per story
     scene_per_story: list[int]
+    scene_pairs_per_story: list[int]
 
     def row(self) -> dict:
-        """Flat dict for a result row (per-story hits as space-separated text)."""
+        """Flat dict for a result row (per-story counts as space-separated text)."""
         d = asdict(self)
-        for k in ("entity_per_story", "scene_per_story"):
+        for k in ("entity_per_story", "entity_pairs_per_story", "scene_per_story", "scene_pairs_per_story"):
             d[k] = " ".join(map(str, d[k]))
         return d
 
 
-def evaluate_recall(videos: np.ndarray, *, seed: int = 0) -> RecallResult:
-    """Recall, chance and bootstrap intervals of ``videos`` ``(N, S, F, 3, H, W)`` in [0, 1]."""
+def _rate(hits: np.ndarray, pairs: np.ndarray, seed: int, what: str = "") -> tuple[float, float, float]:
+    """``(mean of per-story rates, bootstrap lo, hi)`` over stories with >= 1 pair; with fewer than 2
+    such stories a ``ValueError`` naming ``what`` if given, else NaNs."""
+    per_story = per_story_rate(hits, pairs)
+    if per_story.size < 2:
+        if what:
+            raise ValueError(f"recall needs >= 2 stories with a scored shot ({what}), got {per_story.size}")
+        return float("nan"), float("nan"), float("nan")
+    return (float(per_story.mean()), *bootstrap_interval(per_story, seed=seed))
+
+
+def evaluate_recall(videos: np.ndarray, plans: list[RecallPlan] | None = None, *, seed: int = 0) -> RecallResult:
+    """Recall, chance, distractor rate and bootstrap intervals of ``videos`` ``(N, S, F, 3, H, W)`` in
+    [0, 1]; ``plans``: one :class:`RecallPlan` per story (default: recall stories, shot 0 returns)."""
     entity, scene = shot_colours(videos)
     N, S = entity.shape
     if N < 2 or S < 2:
         raise ValueError(f"recall needs >= 2 stories of >= 2 shots, got {N} stories of {S} shots")
-    ent_hits, scene_hits = recall_hits(entity).sum(1), recall_hits(scene).sum(1)
-    e_lo, e_hi = bootstrap_interval(ent_hits / (S - 1), seed=seed)
-    s_lo, s_hi = bootstrap_interval(scene_hits / (S - 1), seed=seed)
-    return RecallResult(stories=N, pairs=N * (S - 1), entity_recall=float(ent_hits.sum() / (N * (S - 1))),
-                        entity_lo=e_lo, entity_hi=e_hi, chance=chance_rate(entity),
-                        scene_recall=float(scene_hits.sum() / (N * (S - 1))), scene_lo=s_lo, scene_hi=s_hi,
-                        scene_chance=chance_rate(scene), entity_found=float((entity != NOT_FOUND).mean()),
-                        entity_per_story=ent_hits.tolist(), scene_per_story=scene_hits.tolist())
+    e_src, s_src = _sources(plans, N, S, "entity_source"), _sources(plans, N, S, "scene_source")
+    distract = np.zeros((N, S, S), dtype=bool)
+    for n, p in enumerate(plans or []):
+        for k, js in enumerate(p.distractors):
+            distract[n, k, list(js)] = True
+    e_hits, e_pairs = recall_hits(entity, e_src)
+    s_hits, s_pairs = recall_hits(scene, s_src)
+    e, e_lo, e_hi = _rate(e_hits.sum(1), e_pairs.sum(1), seed, "an entity seen alone in an earlier shot")
+    sc, s_lo, s_hi = _rate(s_hits.sum(1), s_pairs.sum(1), seed)  # NaN when scenes never return
+    has_d = (distract.any(-1) & e_pairs).any(1)  # stories whose scored shots have distractors
+    d_hits = distractor_hits(entity, e_src, distract).sum(1)
+    d = d_lo = d_hi = float("nan")
+    if has_d.sum() >= 2:
+        d, d_lo, d_hi = _rate(d_hits[has_d], e_pairs.sum(1)[has_d], seed)
+    return RecallResult(stories=N, pairs=int(e_pairs.sum()), entity_recall=e, entity_lo=e_lo, entity_hi=e_hi,
+                        chance=chance_rate(entity, e_src), distractor=d, distractor_lo=d_lo, distractor_hi=d_hi,
+                        scene_recall=sc, scene_lo=s_lo, scene_hi=s_hi, scene_chance=chance_rate(scene, s_src),
+                        entity_found=float((entity != NOT_FOUND).mean()),
+                        entity_per_story=e_hits.sum(1).tolist(), entity_pairs_per_story=e_pairs.sum(1).tolist(),
+                        scene_per_story=s_hits.sum(1).tolist(), scene_pairs_per_story=s_pairs.sum(1).tolist())
 
 
-def per_story_recall(hits_text: str, shots: int) -> np.ndarray:
-    """Per-story recall from a row's space-separated hit counts (``RecallResult.row``)."""
-    hits = np.array([int(h) for h in str(hits_text).split()], dtype=np.float64)
-    return hits / (shots - 1)
+def per_story_rate(hits: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Per-story rates ``hits / pairs`` of the stories with >= 1 pair."""
+    hits, pairs = np.asarray(hits, dtype=np.float64), np.asarray(pairs, dtype=np.float64)
+    keep = pairs > 0
+    return hits[keep] / pairs[keep]
+
+
+def per_story_recall(hits_text: str, pairs_text: str) -> np.ndarray:
+    """Per-story rates from a row's space-separated counts (``RecallResult.row``)."""
+    parse = lambda t: np.array([int(x) for x in str(t).split()], dtype=np.float64)
+    hits, pairs = parse(hits_text), parse(pairs_text)
+    if hits.shape != pairs.shape:
+        raise ValueError(f"{hits.size} per-story hits but {pairs.size} per-story pair counts")
+    return per_story_rate(hits, pairs)

@@ -4,8 +4,10 @@ Rows go into a :class:`mocbench.bench.store.ResultStore` (CSV, atomic writes, re
 per (evaluator, sample set), and for the real VBench one row per dimension, keyed by evaluator,
 backend label and a hash of (checkpoint, seed, num, steps, sampler), with status ``ok`` /
 ``skipped`` (with the reason) / ``failed`` (with the error), the metrics as columns, ``proxy=1``
-on weight-free approximations, and the environment. A re-run skips finished rows unless ``force``, and evaluates again rows written in
-another environment (code, device, torch, threads) unless ``reuse_foreign``.
+on weight-free approximations, and the environment. A re-run skips finished rows unless ``force``,
+and evaluates again rows written in another environment (code, device, torch, threads) unless
+``reuse_foreign``. The ``memory`` evaluator is the position-free recall of :mod:`mocbench.eval.recall`,
+the same definition ``mocbench memory`` uses.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mocbench.config import stable_hash
+from mocbench.eval.recall import evaluate_recall, story_plan
 from mocbench.eval.samples import SampleSet
 from mocbench.eval.vbench_real import VBenchSettings
+from mocbench.tasks.shapeshots import story_from_metadata
 
 EVALUATORS = ("fidelity", "val_loss", "vbench_proxy", "memory", "cost", "vbench")
 
@@ -79,14 +85,20 @@ def _proxy(s: SampleSet, req: EvalRequest) -> dict:
 
 
 def _memory(s: SampleSet, req: EvalRequest) -> dict:
-    from mocbench.eval.memory import memory_scores, story_from_metadata
-
+    """Position-free recall (:mod:`mocbench.eval.recall`): per shot that shows an entity seen alone in
+    an earlier shot, does it draw that shot's colour; chance, intervals and (binding) distractor rate."""
     gts = [m.get("ground_truth") for m in s.meta["samples"]]
     if not all(isinstance(g, dict) and "cast" in g for g in gts):
         raise Skip("samples carry no ShapeShots story metadata (ground_truth with cast/shots)")
     if s.geometry[0] < 2:
         raise Skip("single-shot samples: nothing recurs across shots")
-    return memory_scores([s.native(i) for i in range(len(s))], [story_from_metadata(g) for g in gts])
+    plans = [story_plan(story_from_metadata(g)) for g in gts]
+    scored = sum(any(k >= 0 for k in p.entity_source) for p in plans)
+    if scored < 2:
+        raise Skip(f"{scored} of {len(plans)} stories show an entity alone in two shots; recall needs >= 2 "
+                   "(sample more stories, or use ShapeShots task=recall / binding)")
+    videos = np.stack([s.native(i) for i in range(len(s))])
+    return evaluate_recall(videos, plans, seed=int(s.meta.get("seed") or 0)).row()
 
 
 def _cost(s: SampleSet, req: EvalRequest) -> dict:

@@ -13,11 +13,15 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
     from mocbench.bench.resume import ResumePolicy
     from mocbench.memory.config import load_memory_config
-    from mocbench.memory.report import write_report
+    from mocbench.memory.report import load_rows, summary_lines, write_report
     from mocbench.memory.runner import GT_LABEL, run_memory
 
-    console = Console()
-    log = lambda m: console.print(m, highlight=False, markup=False)
+    console = Console(soft_wrap=True)  # long lines stay whole in a log file
+
+    def log(message: str) -> None:
+        console.print(message, highlight=False, markup=False)
+        console.file.flush()  # progress lines reach a log file or a pipe as they happen, not in 8 KB blocks
+
     cfg = load_memory_config(args.config, args.overrides)
     out = args.out or cfg.output_path
     t0 = time.perf_counter()
@@ -26,12 +30,23 @@ def cmd_memory(args: argparse.Namespace) -> int:
     truth = _truth(cfg, store, GT_LABEL)
     written = write_report(store.path, out, reference=cfg.reference, title=f"Memory benchmark: {cfg.name}",
                            sheet_stories=cfg.eval.sheet_stories, truth=truth)
-    print(written[0].read_text())
+    df = load_rows(store.path)
+    log("")
+    if not df.empty:
+        first = df.iloc[0]
+        log(f"Memory benchmark {cfg.name}: {int(first['stories'])} stories, {int(first['pairs'])} scored shots per row "
+            f"(full table with scene recall, loss by shot and routing: {written[0]})")
+        for line in summary_lines(df, cfg.reference):
+            log("  " + line)
     failed = [r for r in store.rows.values() if r.get("status") == "failed"]
     for r in failed:
         console.print(f"[red]failed[/] {r.get('label')}: {r.get('reason')}", highlight=False)
-    log(f"wrote {', '.join(map(str, written))} ({time.perf_counter() - t0:.0f} s in this process)")
+    log(f"wrote {', '.join(map(str, written))} ({_minutes(time.perf_counter() - t0)} in this process)")
     return 1 if failed else 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _truth(cfg, store, gt_label: str):
@@ -42,16 +57,17 @@ def _truth(cfg, store, gt_label: str):
     rows = [r for r in store.rows.values() if r.get("status") == "ok" and r.get("label") != gt_label]
     if not rows or cfg.eval.sheet_stories == 0:
         return None
-    video, _ = ground_truth(load_task(rows[0]["checkpoint"]), cfg, "sample", cfg.eval.sheet_stories)
+    video, *_ = ground_truth(load_task(rows[0]["checkpoint"]), cfg, "sample", cfg.eval.sheet_stories)
     return ((video + 1) / 2).numpy()
 
 
 def add_subcommands(sub) -> None:
     p = sub.add_parser(
         "memory", help="memory benchmark: do sparse backends keep long-range memory? (recall vs sparsity, with tests)",
-        description="Train dense and MoC (from scratch and fine-tuned from dense) on ShapeShots recall stories, "
-                    "sample every row of the config on the same stories and noise, and score colour recall of "
-                    "shot 0 in later shots with bootstrap intervals, chance and a test against dense. Writes "
+        description="Train dense and MoC (from scratch and fine-tuned from dense) on ShapeShots recall or binding "
+                    "stories, sample every row of the config on the same stories and noise, and score colour recall "
+                    "of the returning entity in later shots with bootstrap intervals, chance (binding: the "
+                    "distractor rate) and a test against dense; training prints step, loss and ETA. Writes "
                     "OUT/memory.csv, memory.md, recall_vs_sparsity.png, contact_sheet.png; a re-run resumes. "
                     "Example: mocbench memory configs/memory/recall_cpu.yaml --out runs/memory_cpu",
     )

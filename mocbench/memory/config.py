@@ -1,5 +1,8 @@
 """Config of ``mocbench memory``: one task, named training runs, and the rows (backend x weights) to score.
 
+The task is ShapeShots ``recall`` (no captions; later shots repeat shot 0) or ``binding`` (captions
+name the returning entity; later shots repeat its introduction shot), see mocbench/tasks/shapeshots.py.
+
 ``task`` holds TaskConfig keys (``data.*``, ``model.*``, ``optim.*``, ``trainer.*``, ...) shared by every
 run. Each entry of ``runs`` trains the task with its own backend, from scratch or, with ``init_from``,
 from another run's final weights (a fine-tune), for ``steps`` steps (default: ``trainer.max_steps``).
@@ -15,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mocbench.config import BackendConfig, ConfigError, load_config
+
+MEMORY_TASKS = ("recall", "binding")  # ShapeShots story kinds with a returning entity in every later shot
+BINDING_CAPTION_TOKENS = 2  # "entity <id>"
 
 
 @dataclass
@@ -104,17 +110,26 @@ def task_overrides(cfg: MemoryConfig) -> list[str]:
 def check_memory_config(cfg: MemoryConfig) -> None:
     """Every message names the key and the bad value."""
     from mocbench.tasks.config import check_backend, load_task_config
+    from mocbench.tasks.train import shapes_config
 
     if not cfg.runs:
         raise ConfigError("runs: give at least one training run, e.g. runs.dense.backend.name=dense")
     if not cfg.rows:
         raise ConfigError("rows: give at least one row to score, e.g. {label: dense, run: dense}")
     task = load_task_config(None, task_overrides(cfg))
-    if task.data.source != "shapeshots" or task.data.task != "recall":
-        raise ConfigError(f"task.data.task: the memory benchmark scores ShapeShots recall stories; set "
-                          f"task.data.task=recall (got data.source={task.data.source!r}, data.task={task.data.task!r})")
+    if task.data.source != "shapeshots" or task.data.task not in MEMORY_TASKS:
+        raise ConfigError(f"task.data.task: the memory benchmark scores ShapeShots stories of a kind in "
+                          f"{list(MEMORY_TASKS)}; set task.data.task=recall or binding (got "
+                          f"data.source={task.data.source!r}, data.task={task.data.task!r})")
     if task.data.shots < 2:
         raise ConfigError(f"task.data.shots: recall needs >= 2 shots, got {task.data.shots}")
+    if task.data.task == "binding" and task.data.text_tokens < BINDING_CAPTION_TOKENS:
+        raise ConfigError(f"task.data.text_tokens: binding captions ('entity <id>') need >= {BINDING_CAPTION_TOKENS} "
+                          f"tokens per shot, or no caption says which entity returns; got {task.data.text_tokens}")
+    try:
+        shapes_config(task)
+    except ValueError as exc:
+        raise ConfigError(f"task.data: {exc}") from None
     for name, run in cfg.runs.items():
         if run.init_from is not None and run.init_from not in cfg.runs:
             raise ConfigError(f"runs.{name}.init_from: no run named {run.init_from!r} (runs: {sorted(cfg.runs)})")

@@ -25,15 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+import mocbench
 from mocbench.bench.resume import ResumePolicy, needs_run
 from mocbench.bench.store import ResultStore
+from mocbench.eval.recall import RecallPlan, evaluate_recall, story_plan
 from mocbench.memory.config import MemoryConfig, RowConfig, row_backend, row_training, run_order, task_overrides
+from mocbench.memory.progress import TrainProgress
 from mocbench.memory.report import GT_LABEL
+from mocbench.tasks.shapeshots import story_from_metadata
 
 
 def train_runs(cfg: MemoryConfig, work: Path, log: Callable[[str], None]) -> dict[str, str]:
-    """``{run name: final checkpoint}``, training what is not done yet."""
-    from mocbench.sweep.stages import Context, _train_run, backend_overrides
+    """``{run name: final checkpoint}``, training what is not done yet (progress lines while it trains)."""
+    from mocbench.sweep.stages import Context, _train_run, backend_overrides, run_dir
 
     ctx = Context(out=work, name=cfg.name, log=log)
     ckpts: dict[str, str] = {}
@@ -45,13 +49,13 @@ def train_runs(cfg: MemoryConfig, work: Path, log: Callable[[str], None]) -> dic
             ov.append(f"trainer.max_steps={run.steps}")
         if run.init_from is not None:
             ov.append(f"init_from={ckpts[run.init_from]}")
-        log(f"[train {i}/{len(order)}] {name}: {run.backend.name} {dict(run.backend.params) or ''}"
+        tag = f"[train {i}/{len(order)}] {name}"
+        log(f"{tag}: {run.backend.name} {dict(run.backend.params) or ''}"
             + (f", from {run.init_from}'s weights" if run.init_from else ", from scratch"))
-        t0 = time.perf_counter()
-        info = _train_run(ctx, "train", None, ov)
+        earlier = (work / run_dir("train", None, ov) / "done.json").is_file()
+        info = _train_run(ctx, "train", None, ov, callbacks=[TrainProgress(f"  {tag}:", log)])
         ckpts[name] = info["checkpoint"]
-        log(f"[train {i}/{len(order)}] {name} done ({info.get('train_seconds', 0):.0f} s training"
-            f"{', finished earlier' if time.perf_counter() - t0 < 5 else ''})")
+        log(f"{tag} done ({info.get('train_seconds', 0):.0f} s training{', finished earlier' if earlier else ''})")
     return ckpts
 
 
@@ -82,40 +86,61 @@ def _sample(ckpt: str, overrides: list[str], cfg: MemoryConfig):
     return ((videos.float() + 1) / 2).clamp(0, 1).numpy(), loaded[0], (summary(store) if store else None)
 
 
-def shot0_routing(info: dict | None) -> float | None:
-    """Of the routed slots of queries in shots >= 1, the fraction that land in shot 0 (the only shot
-    holding the colours to recall); None without MoC routing."""
+def source_routing(info: dict | None, scored: np.ndarray, sources: np.ndarray) -> float | None:
+    """Of the routed slots of queries in ``scored`` shots, the fraction that land in ``sources`` shots
+    (the shots holding the colours to recall: shot 0 of recall stories, the introduction shots of
+    binding stories); None without MoC routing. ``scored``, ``sources``: bool ``(S,)``."""
     if not info or not info["layers"]:
         return None
     c = np.array([layer["counts"] for layer in info["layers"]]).sum(axis=(0, 1))  # (S, S) query shot -> routed shot
-    later = c[1:].sum()
-    return float(c[1:, 0].sum() / later) if later else None
+    later = c[scored].sum()
+    return float(c[scored][:, sources].sum() / later) if later else None
 
 
-def shot0_uniform(task, backend) -> float | None:
-    """What :func:`shot0_routing` would be if each query of shot ``a >= 1`` picked uniformly among its
-    causal candidates (the chunks of shots ``< a``): the mean over video queries of shots >= 1 of the
-    share of those chunks lying in shot 0. None unless ``backend`` is causal MoC."""
-    if backend.name != "moc" or not dict(backend.params).get("causal", False):
+def source_uniform(task, backend, scored: np.ndarray, sources: np.ndarray) -> float | None:
+    """What :func:`source_routing` would be if each video query of a scored shot picked uniformly among
+    its causal video candidates (earlier chunks not covered by its local anchor): the mean over those
+    queries of the share of their candidates lying in ``sources`` shots. None unless ``backend`` is
+    causal MoC."""
+    params = dict(backend.params)
+    if backend.name != "moc" or not params.get("causal", False):
         return None
     d = task.cfg.data
     layout = task.model.layout_for(d.shots, d.frames, d.height, d.width, d.text_tokens)
-    chunk_shot = layout.chunks(str(dict(backend.params).get("chunking", "shot"))).chunk_shot.to("cpu").numpy()
-    shot_of = layout.shot_id.numpy()
-    shares = [(chunk_shot == 0).sum() / (chunk_shot < shot_of[q]).sum() for q in range(len(shot_of)) if shot_of[q] >= 1]
+    chunks = layout.chunks(str(params.get("chunking", "shot")))
+    video = ~chunks.is_text.to("cpu").numpy()
+    chunk_shot, order = chunks.chunk_shot.to("cpu").numpy(), chunks.order.to("cpu").numpy()
+    tok_chunk, shot_of, is_text = chunks.chunk_id.numpy(), layout.shot_id.numpy(), layout.is_text.numpy()
+    shot_anchor = mocbench.get_backend("moc", **params).params.resolved_local_anchor(layout) == "shot"
+    shares = []
+    for q in range(len(shot_of)):
+        if is_text[q] or not scored[shot_of[q]]:
+            continue
+        cand = video & (order < order[tok_chunk[q]]) & ~(shot_anchor & (chunk_shot == shot_of[q]))
+        if cand.any():
+            shares.append(sources[chunk_shot[cand]].mean())
     return float(np.mean(shares)) if shares else None
 
 
-def analytic_sparsity(task, backend) -> float:
-    import mocbench
+def routing_shots(plans: list[RecallPlan], shots: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scored, sources)`` bool ``(S,)``: shots scored in any story, shots any story recalls from."""
+    scored, sources = np.zeros(shots, dtype=bool), np.zeros(shots, dtype=bool)
+    for p in plans:
+        for k, s in enumerate(p.entity_source):
+            if s >= 0:
+                scored[k] = sources[s] = True
+    return scored, sources
 
+
+def analytic_sparsity(task, backend) -> float:
     d, m = task.cfg.data, task.cfg.model
     layout = task.model.layout_for(d.shots, d.frames, d.height, d.width, d.text_tokens)
     return float(mocbench.estimate(layout, backend.name, head_dim=m.dim // m.heads, **dict(backend.params)).sparsity)
 
 
 def ground_truth(task, cfg: MemoryConfig, split: str, num: int):
-    """``(videos (N, S, F, 3, H, W) in [-1, 1], caption ids (N, S, T))`` of a split of the task's data."""
+    """``(videos (N, S, F, 3, H, W) in [-1, 1], caption ids (N, S, T), stories)`` of a split of the task's
+    data: for ``sample``, the stories every row is sampled with (same seeds as ``mocbench sample``)."""
     import torch
 
     from mocbench.tasks.data import ShapeShotsDataset
@@ -125,11 +150,11 @@ def ground_truth(task, cfg: MemoryConfig, split: str, num: int):
     ds = ShapeShotsDataset(shapes_config(task.cfg), task.tokenizer, task.cfg.data.text_tokens, num, seed=seed,
                            split=split, cache=False)
     items = [ds[i] for i in range(num)]
-    return torch.stack([i["video"] for i in items]), torch.stack([i["text"] for i in items])
+    stories = [story_from_metadata(i["meta"]) for i in items]
+    return torch.stack([i["video"] for i in items]), torch.stack([i["text"] for i in items]), stories
 
 
 def score_row(cfg: MemoryConfig, row: RowConfig, ckpt: str, work: Path, log: Callable[[str], None]) -> dict:
-    from mocbench.eval.recall import evaluate_recall
     from mocbench.eval.val_loss import loss_by_shot
     from mocbench.sweep.stages import backend_overrides
     from mocbench.tasks.train import torch_threads
@@ -146,35 +171,40 @@ def score_row(cfg: MemoryConfig, row: RowConfig, ckpt: str, work: Path, log: Cal
     videos = videos_u8.astype(np.float32) / 255  # scored as saved, so the file reproduces the row
     if routing is not None:
         (work / "samples" / f"{key}.routing.json").write_text(json.dumps(routing))
-    rec = evaluate_recall(videos, seed=cfg.eval.seed)
     with torch_threads(task.cfg.threads):
-        x0, text = ground_truth(task, cfg, "val", cfg.eval.loss_stories)
+        *_, stories = ground_truth(task, cfg, "sample", cfg.eval.stories)
+        plans = [story_plan(s) for s in stories]
+        rec = evaluate_recall(videos, plans, seed=cfg.eval.seed)
+        x0, text, _ = ground_truth(task, cfg, "val", cfg.eval.loss_stories)
         losses = loss_by_shot(task, x0, text, timesteps=tuple(cfg.eval.loss_timesteps))
-    to0 = shot0_routing(routing)
+    scored, sources = routing_shots(plans, videos.shape[1])
+    to_src = source_routing(routing, scored, sources)
+    later = [v for k, v in enumerate(losses) if scored[k]]
     out = {"label": row.label, "backend": b.name, "params": json.dumps(dict(b.params), sort_keys=True),
            "run": row.run, "training": row_training(cfg, row), "note": row.note, "checkpoint": ckpt,
-           "sparsity": analytic_sparsity(task, b), **rec.row(), "shots": videos.shape[1],
-           "loss_by_shot": " ".join(f"{v:.4f}" for v in losses), "loss_shot0": losses[0],
-           "loss_later": float(np.mean(losses[1:])), "samples_file": str(samples), "sample_seconds": round(seconds, 1)}
+           "story_kind": task.cfg.data.task, "sparsity": analytic_sparsity(task, b), **rec.row(),
+           "shots": videos.shape[1], "loss_by_shot": " ".join(f"{v:.4f}" for v in losses), "loss_shot0": losses[0],
+           "loss_later": float(np.mean(later)), "samples_file": str(samples), "sample_seconds": round(seconds, 1)}
     if routing is not None:
-        out.update(routed_sparsity=routing["total"]["sparsity"], routed_to_shot0=to0,
-                   routed_to_shot0_uniform=shot0_uniform(task, b),
+        out.update(routed_sparsity=routing["total"]["sparsity"], routed_to_source=to_src,
+                   routed_to_source_uniform=source_uniform(task, b, scored, sources),
                    cross_shot_fraction=routing["total"]["cross_shot_fraction"])
     log(f"  {row.label}: entity recall {rec.entity_recall:.3f} [{rec.entity_lo:.3f}, {rec.entity_hi:.3f}] "
-        f"(chance {rec.chance:.3f}), scene {rec.scene_recall:.3f}, sparsity {out['sparsity']:.3f}"
-        + (f", routed to shot 0: {to0:.2f}" if to0 is not None else "") + f" ({seconds:.0f} s sampling)")
+        f"(chance {rec.chance:.3f}"
+        + (f", distractor {rec.distractor:.3f}" if not np.isnan(rec.distractor) else "")
+        + f"), scene {rec.scene_recall:.3f}, sparsity {out['sparsity']:.3f}"
+        + (f", routed to source shots: {to_src:.2f}" if to_src is not None else "") + f" ({seconds:.0f} s sampling)")
     return out
 
 
 def ground_truth_row(cfg: MemoryConfig, ckpt: str) -> dict:
-    from mocbench.eval.recall import evaluate_recall
     from mocbench.tasks.lightning_module import load_task
 
     task = load_task(ckpt)
-    x0, _ = ground_truth(task, cfg, "sample", cfg.eval.stories)
-    rec = evaluate_recall(((x0 + 1) / 2).numpy(), seed=cfg.eval.seed)
+    x0, _, stories = ground_truth(task, cfg, "sample", cfg.eval.stories)
+    rec = evaluate_recall(((x0 + 1) / 2).numpy(), [story_plan(s) for s in stories], seed=cfg.eval.seed)
     return {"label": GT_LABEL, "backend": "-", "training": "-", "note": "rendered stories (ceiling)",
-            "shots": x0.shape[1], **rec.row()}
+            "story_kind": task.cfg.data.task, "shots": x0.shape[1], **rec.row()}
 
 
 def run_memory(cfg: MemoryConfig, out: str | Path, *, policy: ResumePolicy | None = None,

@@ -33,7 +33,7 @@ class DataConfig:
     """``source=shapeshots`` (generated) or ``folder`` (your mp4 + JSONL, see tasks/folder.py)."""
 
     source: str = "shapeshots"
-    task: str = "story"  # ShapeShots story kind: story | recall (see tasks/shapeshots.py)
+    task: str = "story"  # ShapeShots story kind: story | recall | binding (see tasks/shapeshots.py)
     height: int = 16
     width: int = 16
     frames: int = 4  # per shot

@@ -17,6 +17,13 @@ Story kinds (``ShapeShotsConfig.task``):
   but shot 0's pixels tells a later shot its colours, so drawing them right needs attention to
   shot 0 (the cast settings ``num_entities``, ``num_scenes``, ``max_entities_per_shot`` and
   ``pan_prob`` do not apply).
+- ``binding``: the memory benchmark's caption-binding task. ``num_entities`` entities (distinct
+  colours drawn at random per story) in one random scene; shot ``i < num_entities`` introduces
+  entity ``i`` alone, and every later shot shows one *returning* entity, drawn at random per story.
+  Captions are just ``"entity <id>"`` (the id is all the task needs, and short captions keep text a
+  small share of the stream at CPU scale): only the caption says which entity returns, only its
+  introduction shot's pixels say what it looks like, and the other entities' colours are the
+  distractors (``max_entities_per_shot`` and ``pan_prob`` do not apply).
 
 Rendering is sprite based: every entity's sprite is drawn once per story and pasted at
 integer positions, so a recurring entity is pixel-identical wherever it is fully visible
@@ -44,7 +51,7 @@ SCENE_COLOURS = {
 }
 PATTERNS = ("plain", "stripes", "checker", "gradient")
 MOTIONS = ("left", "right", "up", "down", "bounces")
-STORY_KINDS = ("story", "recall")
+STORY_KINDS = ("story", "recall", "binding")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,13 @@ class ShapeShotsConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.pan_prob <= 1.0:
             raise ValueError(f"pan_prob must be in [0, 1], got {self.pan_prob}")
+        if self.task == "binding":
+            if not 2 <= self.num_entities <= len(ENTITY_COLOURS):
+                raise ValueError(f"task='binding' needs 2 <= num_entities <= {len(ENTITY_COLOURS)} (distinct colours), "
+                                 f"got {self.num_entities}")
+            if self.shots <= self.num_entities:
+                raise ValueError(f"task='binding' introduces one entity per shot, so it needs shots > num_entities "
+                                 f"for a returning shot, got shots={self.shots}, num_entities={self.num_entities}")
 
 
 @dataclass
@@ -228,6 +242,8 @@ def make_story(seed: int, cfg: ShapeShotsConfig) -> Story:
     """The story of ``seed``: cast, scenes and shot plan (no pixels yet)."""
     if cfg.task == "recall":
         return _recall_story(seed, cfg)
+    if cfg.task == "binding":
+        return _binding_story(seed, cfg)
     rng = np.random.default_rng(seed)
     colours = rng.permutation(list(ENTITY_COLOURS))  # distinct colours within a story
     cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i % len(colours)]), str(rng.choice(cfg.sizes)),
@@ -265,6 +281,35 @@ def _recall_story(seed: int, cfg: ShapeShotsConfig) -> Story:
         spec.caption = _caption(spec)
         shots.append(spec)
     return Story(seed, cfg, [entity], [scene], shots)
+
+
+def _binding_story(seed: int, cfg: ShapeShotsConfig) -> Story:
+    """Entities introduced one per shot, then one of them (the captioned one) in every later shot."""
+    rng = np.random.default_rng(seed)
+    colours = rng.permutation(list(ENTITY_COLOURS))  # distinct within a story
+    cast = [Entity(i, str(rng.choice(cfg.shapes)), str(colours[i]), str(rng.choice(cfg.sizes)),
+                   str(rng.choice(cfg.textures))) for i in range(cfg.num_entities)]
+    colour, accent = (str(c) for c in rng.permutation(list(SCENE_COLOURS))[:2])
+    scene = Scene(0, colour, str(rng.choice(cfg.patterns)), accent)
+    returning = int(rng.integers(cfg.num_entities))
+    shots = []
+    for s in range(cfg.shots):
+        eid = s if s < cfg.num_entities else returning
+        motion = str(rng.choice(MOTIONS))
+        spec = ShotSpec(s, 0, [eid], [motion], [0, 0], caption=f"entity {eid}")
+        spec.positions = [_trajectory(rng, motion, cfg, sprite_size(cast[eid].size, cfg))]
+        shots.append(spec)
+    return Story(seed, cfg, cast, [scene], shots)
+
+
+def story_from_metadata(meta: dict) -> Story:
+    """Rebuild a :class:`Story` from ``Story.metadata()`` (the ``ground_truth`` of a sample)."""
+    try:
+        cfg = ShapeShotsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+        return Story(int(meta["seed"]), cfg, [Entity(**e) for e in meta["cast"]],
+                     [Scene(**s) for s in meta["scenes"]], [ShotSpec(**s) for s in meta["shots"]])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"ground truth is not ShapeShots story metadata: {type(exc).__name__}: {exc}") from None
 
 
 def render_story(story: Story) -> np.ndarray:

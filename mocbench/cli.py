@@ -200,10 +200,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int] | str] = {
     "report": "mocbench.bench.commands:cmd_report",
     "train": "mocbench.tasks.commands:cmd_train",
     "sample": "mocbench.tasks.commands:cmd_sample",
-    "eval": "mocbench.eval.cli:cmd_eval",
-    "paper": "mocbench.eval.cli:cmd_paper",
+    "eval": "mocbench.eval.commands:cmd_eval",
+    "paper": "mocbench.eval.commands:cmd_paper",
     "sweep": "mocbench.sweep.commands:cmd_sweep",
-    "memory": "mocbench.memory.cli:cmd_memory",
+    "memory": "mocbench.memory.commands:cmd_memory",
     "bench-model": "mocbench.integrations.diffusers.commands:cmd_bench_model",
     "sample-model": "mocbench.integrations.diffusers.commands:cmd_sample_model",
 }

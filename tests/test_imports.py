@@ -61,10 +61,6 @@ LAZY_ALLOWED = {
     # run twice there
     ("sweep/launchers/__init__.py", "mocbench.sweep.launchers.local"),
 }
-# Files other sessions were changing when the rule came in; their function-level imports are still to move
-# (remove a file from here once it has none).
-LAZY_PENDING = {"bench/report.py", "eval/cli.py", "eval/paper.py", "eval/paper_table.py", "eval/runner.py",
-                "memory/cli.py", "memory/config.py", "memory/report.py", "memory/runner.py"}
 
 
 def _function_level_imports(path: Path) -> list[tuple[int, str]]:
@@ -82,8 +78,8 @@ def _function_level_imports(path: Path) -> list[tuple[int, str]]:
 
 def test_mocbench_modules_are_imported_at_module_level():
     lazy = [f"{rel}:{line}: {module}" for path in sorted(ROOT.rglob("*.py"))
-            if (rel := path.relative_to(ROOT).as_posix()) not in LAZY_PENDING
-            for line, module in _function_level_imports(path) if (rel, module) not in LAZY_ALLOWED]
+            for line, module in _function_level_imports(path)
+            if ((rel := path.relative_to(ROOT).as_posix()), module) not in LAZY_ALLOWED]
     assert lazy == [], "import these at the top of the module (a circle means a module is in the wrong place): " \
                        + "; ".join(lazy)
 
@@ -93,8 +89,6 @@ def test_the_allow_lists_name_real_lazy_imports():
     found = {(path.relative_to(ROOT).as_posix(), module) for path in ROOT.rglob("*.py")
              for _, module in _function_level_imports(path)}
     assert LAZY_ALLOWED <= found, f"remove from LAZY_ALLOWED: {sorted(LAZY_ALLOWED - found)}"
-    done = LAZY_PENDING - {rel for rel, _ in found}
-    assert not done, f"these files have no function-level mocbench import left; remove them from LAZY_PENDING: {done}"
 
 
 def test_every_subcommand_runs_a_function_from_the_dispatch_table():

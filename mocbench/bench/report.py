@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mocbench.bench import figures as figs
 from mocbench.bench import tables
 from mocbench.bench.store import atomic_write_text, load_table
 from mocbench.errors import ConfigError, require_file
@@ -103,8 +104,6 @@ def write_report(stores: str | Path | list, out_dir: str | Path | None = None, *
             written.append(base.with_suffix(suffix))
         md_parts.append(f"## {caption}\n\n{tables.to_markdown(table)}")
     if figures:
-        from mocbench.bench import figures as figs
-
         drawn = []
         if full is not None:
             drawn += [("latency_vs_shots", lambda: figs.latency_vs_shots(full)),

@@ -4,10 +4,6 @@ paper-style tables built from their rows.
 
 ``mocbench eval SAMPLES`` runs evaluators (:mod:`mocbench.eval.runner`); ``mocbench paper CONFIG``
 regenerates a table end to end (:mod:`mocbench.eval.paper`); ``mocbench report STORE --table paper2``
-prints it (:mod:`mocbench.eval.paper_table`).
+prints it (:mod:`mocbench.eval.paper_table`). The package imports nothing itself, so the command-line parsers
+can list the evaluators (:mod:`mocbench.eval.names`) without loading them.
 """
-
-from mocbench.eval.runner import EVALUATORS, EvalRequest, evaluate
-from mocbench.eval.samples import SampleSet
-
-__all__ = ["EVALUATORS", "EvalRequest", "SampleSet", "evaluate"]

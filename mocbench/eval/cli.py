@@ -1,44 +1,10 @@
-"""``mocbench eval`` and ``mocbench paper`` (wired into :mod:`mocbench.cli` by ``add_subcommands``)."""
+"""The parsers of ``mocbench eval`` and ``mocbench paper`` (wired into :mod:`mocbench.cli` by ``add_subcommands``;
+their commands: :mod:`mocbench.eval.commands`)."""
 
 from __future__ import annotations
 
-import argparse
-
 from mocbench.config import add_config_arguments
-from mocbench.errors import check_output_file, require_int
-from mocbench.eval.runner import EVALUATORS
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from mocbench.eval.runner import EvalRequest, evaluate
-    from mocbench.eval.vbench_real import DIMENSIONS, VBenchSettings
-
-    vb = VBenchSettings()
-    for name in ("python", "cache_dir", "torch_home", "device"):
-        if getattr(args, f"vbench_{name}"):
-            setattr(vb, name, getattr(args, f"vbench_{name}"))
-    dims = tuple(d for d in (args.vbench_dimensions or ",".join(DIMENSIONS)).split(",") if d)
-    vb = VBenchSettings(**{**vb.__dict__, "dimensions": dims})
-    if args.val_num is not None:
-        require_int("--val-num", args.val_num)
-    if args.store is not None:
-        check_output_file(args.store, "--store")
-    req = EvalRequest(args.samples, reference=args.reference,
-                      evaluators=tuple(e for e in args.evaluators.split(",") if e), store=args.store,
-                      config_name=args.name, force=args.force, reuse_foreign=args.reuse_foreign, vbench=vb,
-                      val_num=args.val_num)
-    store = evaluate(req)
-    print(f"result store: {store.path} ({len(store)} rows); table: mocbench report {store.path} --table paper2")
-    return 0
-
-
-def cmd_paper(args: argparse.Namespace) -> int:
-    from mocbench.eval.paper import load_paper_config, run_paper
-
-    cfg = load_paper_config(args.config, args.overrides)
-    written = run_paper(cfg, scale=args.scale)
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+from mocbench.eval.names import EVALUATORS
 
 
 def add_subcommands(sub) -> None:
@@ -68,7 +34,6 @@ def add_subcommands(sub) -> None:
     p.add_argument("--vbench-device", help="device VBench runs on (default cpu)")
     p.add_argument("--vbench-dimensions", help="comma-separated VBench dimensions (default: the six of the paper "
                                                "tables + temporal_flickering)")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
         "paper", help="regenerate a paper-style table end to end (train/load, sample every backend, eval, report)",
@@ -78,4 +43,3 @@ def add_subcommands(sub) -> None:
     )
     add_config_arguments(p, "YAML config (see configs/paper/)", optional=False)
     p.add_argument("--scale", default=None, help="which scale of the config to run (default: the config's scale)")
-    p.set_defaults(func=cmd_paper)

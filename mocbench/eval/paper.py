@@ -22,6 +22,16 @@ from pathlib import Path
 
 from mocbench.config import BackendConfig, ConfigError, load_config
 from mocbench.errors import check_output_dir, require_int
+from mocbench.eval.paper_table import write_paper_table
+from mocbench.eval.runner import EvalRequest, evaluate
+from mocbench.eval.samples import SampleSet
+from mocbench.eval.vbench_real import VBenchSettings
+from mocbench.tasks.checkpoint import read_checkpoint
+from mocbench.tasks.config import load_task_config
+from mocbench.tasks.media import contact_sheet, stack_sheets, write_png
+from mocbench.tasks.sample import sample_checkpoint
+from mocbench.tasks.shapeshots import render_story, story_from_metadata
+from mocbench.tasks.train import train
 
 
 @dataclass
@@ -83,16 +93,12 @@ def slug(entry: BackendConfig) -> str:
 
 def _checkpoint(sc: ScaleConfig, log, key: str) -> str:
     if sc.checkpoint:
-        from mocbench.tasks.checkpoint import read_checkpoint
-
         read_checkpoint(sc.checkpoint, key)
         return sc.checkpoint
     last = Path(sc.out_dir) / "train" / "checkpoints" / "last.ckpt"
     if last.is_file():
         log(f"reusing {last}")
         return str(last)
-    from mocbench.tasks.config import load_task_config
-    from mocbench.tasks.train import train
 
     cfg = load_task_config(sc.task_config, [*sc.task_overrides, f"out_dir={Path(sc.out_dir) / 'train'}"])
     t0 = time.perf_counter()
@@ -110,8 +116,6 @@ def _sample(ckpt: str, entry: BackendConfig, out: Path, sc: ScaleConfig, log) ->
             return
     import torch
 
-    from mocbench.tasks.sample import sample_checkpoint
-
     overrides = [f"backend.name={entry.name}"] + [f"backend.params.{k}={v}" for k, v in entry.params.items()]
     t0 = time.perf_counter()
     sample_checkpoint(ckpt, out, overrides=overrides, num=sc.num, seed=sc.seed, steps=sc.steps)
@@ -122,10 +126,6 @@ def _sample(ckpt: str, entry: BackendConfig, out: Path, sc: ScaleConfig, log) ->
 
 
 def run_paper(cfg: PaperConfig, scale: str | None = None, log=print) -> list[Path]:
-    from mocbench.eval.paper_table import write_paper_table
-    from mocbench.eval.runner import EvalRequest, evaluate
-    from mocbench.eval.vbench_real import VBenchSettings
-
     scale = scale or cfg.scale
     if scale not in cfg.scales:
         raise ConfigError(f"scale {scale!r} is not in the config; known: {sorted(cfg.scales)}")
@@ -157,18 +157,12 @@ def run_paper(cfg: PaperConfig, scale: str | None = None, log=print) -> list[Pat
 
 
 def _reference_label(d: Path) -> str:
-    from mocbench.eval.samples import SampleSet
-
     return SampleSet.load(d).label
 
 
 def side_by_side(reference: Path, other: Path, path: Path, samples: int = 2) -> Path:
     """PNG: per sample, one row per shot: ground truth | reference (dense) | other (MoC)."""
     import torch
-
-    from mocbench.eval.samples import SampleSet
-    from mocbench.tasks.media import contact_sheet, stack_sheets, write_png
-    from mocbench.tasks.shapeshots import render_story, story_from_metadata
 
     a, b = SampleSet.load(reference), SampleSet.load(other)
     sheets = []

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mocbench.bench.store import atomic_write_text, load_table
 from mocbench.bench.tables import fmt, latex_escape
+from mocbench.errors import require_file
 
 DAGGER = "†"
 SWAP = "§"  # a backend swapped into the reference's weights without training
@@ -241,8 +243,6 @@ def to_csv(table: dict) -> str:
 
 def write_paper_table(stores, table: str, out_dir: str | Path | None = None, reference: str = "dense") -> list[Path]:
     """Write ``{table}.md``, ``{table}.tex`` and ``{table}.csv``; returns the paths."""
-    from mocbench.bench.store import atomic_write_text, load_table
-    from mocbench.errors import require_file
 
     paths = [stores] if isinstance(stores, (str, Path)) else list(stores)
     for p in paths:

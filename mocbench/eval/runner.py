@@ -21,13 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
+from mocbench.bench.env import comparable_environment, environment
+from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
+from mocbench.bench.store import ResultStore
 from mocbench.config import stable_hash
+from mocbench.eval.cost import cost_scores
+from mocbench.eval.fidelity import fidelity
+from mocbench.eval.names import EVALUATORS
 from mocbench.eval.recall import evaluate_recall, story_plan
 from mocbench.eval.samples import SampleSet
-from mocbench.eval.vbench_real import VBenchSettings
+from mocbench.eval.val_loss import validation_loss
+from mocbench.eval.vbench_proxy import proxy_scores
+from mocbench.eval.vbench_real import VBenchSettings, run_vbench, vbench_python_version
 from mocbench.tasks.shapeshots import story_from_metadata
-
-EVALUATORS = ("fidelity", "val_loss", "vbench_proxy", "memory", "cost", "vbench")
 
 
 class Skip(Exception):
@@ -63,24 +69,18 @@ def set_hash(s: SampleSet) -> str:
 
 # ----------------------------------------------------------------------------- evaluators
 def _fidelity(s: SampleSet, req: EvalRequest) -> dict:
-    from mocbench.eval.fidelity import fidelity
-
     if not req.reference:
         raise Skip("no --reference (dense samples from the same checkpoint, captions and seeds) given")
     return fidelity(s, SampleSet.load(req.reference))
 
 
 def _val_loss(s: SampleSet, req: EvalRequest) -> dict:
-    from mocbench.eval.val_loss import validation_loss
-
     if not s.checkpoint:
         raise Skip("metadata.json names no checkpoint")
     return validation_loss(s.checkpoint, s.backend, s.backend_params, num=req.val_num)
 
 
 def _proxy(s: SampleSet, req: EvalRequest) -> dict:
-    from mocbench.eval.vbench_proxy import proxy_scores
-
     return {**proxy_scores(s.videos()), "proxy": 1}
 
 
@@ -102,8 +102,6 @@ def _memory(s: SampleSet, req: EvalRequest) -> dict:
 
 
 def _cost(s: SampleSet, req: EvalRequest) -> dict:
-    from mocbench.eval.cost import cost_scores
-
     if not s.checkpoint:
         raise Skip("metadata.json names no checkpoint")
     return cost_scores(s)
@@ -116,9 +114,6 @@ RUNNERS: dict[str, Callable[[SampleSet, EvalRequest], dict]] = {
 # ----------------------------------------------------------------------------- driver
 def evaluate(req: EvalRequest, log: Callable[[str], None] = print):
     """Run ``req``; returns the store. Raises ``ValueError`` for bad inputs (missing folder, ...)."""
-    from mocbench.bench.env import comparable_environment, environment
-    from mocbench.bench.resume import ResumePolicy, foreign_notices, needs_run
-    from mocbench.bench.store import ResultStore
 
     samples = SampleSet.load(req.samples)
     if req.reference:
@@ -159,10 +154,6 @@ def evaluate(req: EvalRequest, log: Callable[[str], None] = print):
 
 
 def _run_vbench(samples: SampleSet, req: EvalRequest, store, base: dict, log) -> None:
-    from mocbench.bench.env import comparable_environment
-    from mocbench.bench.resume import ResumePolicy, needs_run
-    from mocbench.eval.vbench_real import run_vbench, vbench_python_version
-
     keys = {d: f"eval|vbench|{d}|{samples.label}|{base['config_hash']}" for d in req.vbench.dimensions}
     policy, env = ResumePolicy(reuse_foreign=req.reuse_foreign), comparable_environment("cpu")
     todo = [d for d in req.vbench.dimensions if req.force or needs_run(store, keys[d], policy, env)]

@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mocbench.config import BackendConfig, ConfigError, load_config
+from mocbench.config import BackendConfig, ConfigError, dotlist, load_config
+from mocbench.tasks.config import check_backend, load_task_config
+from mocbench.tasks.train import shapes_config
 
 MEMORY_TASKS = ("recall", "binding")  # ShapeShots story kinds with a returning entity in every later shot
 BINDING_CAPTION_TOKENS = 2  # "entity <id>"
@@ -102,15 +104,11 @@ def row_training(cfg: MemoryConfig, row: RowConfig) -> str:
 
 
 def task_overrides(cfg: MemoryConfig) -> list[str]:
-    from mocbench.sweep.stages import dotlist
-
     return dotlist(dict(cfg.task))
 
 
 def check_memory_config(cfg: MemoryConfig) -> None:
     """Every message names the key and the bad value."""
-    from mocbench.tasks.config import check_backend, load_task_config
-    from mocbench.tasks.train import shapes_config
 
     if not cfg.runs:
         raise ConfigError("runs: give at least one training run, e.g. runs.dense.backend.name=dense")

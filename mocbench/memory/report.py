@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mocbench.bench.store import atomic_write_text, load_table
 from mocbench.eval.recall import per_story_recall, two_proportion_test
+from mocbench.tasks.media import contact_sheet as sheet
+from mocbench.tasks.media import stack_sheets, write_png
 
 GT_LABEL = "ground truth"
 
 
 def load_rows(store: str | Path) -> pd.DataFrame:
-    from mocbench.bench.store import load_table
-
     df = load_table(store)
     df = df[df["status"] == "ok"].copy()
     if "order" in df:
@@ -183,9 +184,6 @@ def contact_sheet(df: pd.DataFrame, stories: int, truth: np.ndarray | None, path
     """Ground truth then every row's samples side by side, for the first ``stories`` stories."""
     import torch
 
-    from mocbench.tasks.media import contact_sheet as sheet
-    from mocbench.tasks.media import stack_sheets, write_png
-
     rows = df[(df["label"] != GT_LABEL) & df.get("samples_file", pd.Series(dtype=str)).notna()]
     vids = [np.load(f)["videos"] for f in rows["samples_file"] if Path(str(f)).is_file()]
     if not vids or stories == 0:
@@ -201,7 +199,6 @@ def contact_sheet(df: pd.DataFrame, stories: int, truth: np.ndarray | None, path
 
 def write_report(store: str | Path, out: str | Path, *, reference: str = "dense", title: str = "Memory benchmark",
                  sheet_stories: int = 3, truth: np.ndarray | None = None) -> list[Path]:
-    from mocbench.bench.store import atomic_write_text
 
     out = Path(out)
     df = load_rows(store)

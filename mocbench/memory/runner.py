@@ -24,20 +24,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import mocbench
+from mocbench.bench.env import comparable_environment, local_environment
 from mocbench.bench.resume import ResumePolicy, needs_run
 from mocbench.bench.store import ResultStore
 from mocbench.eval.recall import RecallPlan, evaluate_recall, story_plan
+from mocbench.eval.val_loss import loss_by_shot
 from mocbench.memory.config import MemoryConfig, RowConfig, row_backend, row_training, run_order, task_overrides
 from mocbench.memory.progress import TrainProgress
 from mocbench.memory.report import GT_LABEL
+from mocbench.sweep.routing import LayerStats, install, summary
+from mocbench.sweep.stages import Context, _train_run, backend_overrides, run_dir, short_hash
+from mocbench.tasks.data import ShapeShotsDataset
+from mocbench.tasks.lightning_module import load_task
+from mocbench.tasks.sample import sample_checkpoint
 from mocbench.tasks.shapeshots import story_from_metadata
+from mocbench.tasks.train import shapes_config, torch_threads
 
 
 def train_runs(cfg: MemoryConfig, work: Path, log: Callable[[str], None]) -> dict[str, str]:
     """``{run name: final checkpoint}``, training what is not done yet (progress lines while it trains)."""
-    from mocbench.sweep.stages import Context, _train_run, backend_overrides, run_dir
 
     ctx = Context(out=work, name=cfg.name, log=log)
     ckpts: dict[str, str] = {}
@@ -60,8 +68,6 @@ def train_runs(cfg: MemoryConfig, work: Path, log: Callable[[str], None]) -> dic
 
 
 def row_key(cfg: MemoryConfig, row: RowConfig, ckpt: str) -> str:
-    from mocbench.sweep.stages import short_hash
-
     b = row_backend(cfg, row)
     return short_hash({"ckpt": ckpt, "backend": b.name, "params": dict(b.params), "eval": vars(cfg.eval).copy(),
                        "label": row.label})
@@ -69,8 +75,6 @@ def row_key(cfg: MemoryConfig, row: RowConfig, ckpt: str) -> str:
 
 def _sample(ckpt: str, overrides: list[str], cfg: MemoryConfig):
     """``(videos (N, S, F, 3, H, W) in [0, 1], task, routing summary or None)``."""
-    from mocbench.sweep.routing import LayerStats, install, summary
-    from mocbench.tasks.sample import sample_checkpoint
 
     store: dict[int, LayerStats] = {}
     loaded = []
@@ -141,10 +145,6 @@ def analytic_sparsity(task, backend) -> float:
 def ground_truth(task, cfg: MemoryConfig, split: str, num: int):
     """``(videos (N, S, F, 3, H, W) in [-1, 1], caption ids (N, S, T), stories)`` of a split of the task's
     data: for ``sample``, the stories every row is sampled with (same seeds as ``mocbench sample``)."""
-    import torch
-
-    from mocbench.tasks.data import ShapeShotsDataset
-    from mocbench.tasks.train import shapes_config
 
     seed = cfg.eval.seed if split == "sample" else task.cfg.data.seed
     ds = ShapeShotsDataset(shapes_config(task.cfg), task.tokenizer, task.cfg.data.text_tokens, num, seed=seed,
@@ -155,10 +155,6 @@ def ground_truth(task, cfg: MemoryConfig, split: str, num: int):
 
 
 def score_row(cfg: MemoryConfig, row: RowConfig, ckpt: str, work: Path, log: Callable[[str], None]) -> dict:
-    from mocbench.eval.val_loss import loss_by_shot
-    from mocbench.sweep.stages import backend_overrides
-    from mocbench.tasks.train import torch_threads
-
     b = row_backend(cfg, row)
     t0 = time.perf_counter()
     videos, task, routing = _sample(ckpt, backend_overrides(b), cfg)
@@ -198,8 +194,6 @@ def score_row(cfg: MemoryConfig, row: RowConfig, ckpt: str, work: Path, log: Cal
 
 
 def ground_truth_row(cfg: MemoryConfig, ckpt: str) -> dict:
-    from mocbench.tasks.lightning_module import load_task
-
     task = load_task(ckpt)
     x0, _, stories = ground_truth(task, cfg, "sample", cfg.eval.stories)
     rec = evaluate_recall(((x0 + 1) / 2).numpy(), [story_plan(s) for s in stories], seed=cfg.eval.seed)
@@ -211,17 +205,13 @@ def run_memory(cfg: MemoryConfig, out: str | Path, *, policy: ResumePolicy | Non
                log: Callable[[str], None] = print) -> ResultStore:
     """All stages; returns the store ``OUT/memory.csv``."""
     policy = policy or ResumePolicy()
-    import torch
-
-    from mocbench.bench.env import comparable_environment
-    from mocbench.sweep.runner import _environment
 
     out = Path(out)
     work = out / "work"
     store = ResultStore(out / "memory.csv")
     t_start = time.perf_counter()
     ckpts = train_runs(cfg, work, log)
-    env = _environment()
+    env = local_environment()
     cmp_env = comparable_environment("cuda" if torch.cuda.is_available() else "cpu")
     jobs = [(GT_LABEL, None, None)] + [(r.label, r, ckpts[r.run]) for r in cfg.rows]
     for i, (label, row, ckpt) in enumerate(jobs, 1):

@@ -29,9 +29,6 @@ from mocbench.sweep.progress import Progress
 from mocbench.sweep.spec import SweepCell, SweepConfig, expand
 from mocbench.sweep.stages import locked
 
-# memory/runner.py still imports this name; it goes when that module imports local_environment
-_environment = local_environment
-
 
 @dataclass
 class SweepPlan:

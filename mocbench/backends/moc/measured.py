@@ -25,6 +25,7 @@ class Measurement:
 MEASURED: tuple[Measurement, ...] = (
     Measurement("fused", "cpu", "AMD EPYC", "2026-11-30", "results/cpu_moc_32k/results.csv"),
     Measurement("gather", "cpu", "AMD EPYC", "2026-11-30", "results/cpu_moc_32k/results.csv"),
+    Measurement("flex", "cpu", "AMD EPYC", "2026-11-30", "results/cpu_routing_32k/results.csv"),
 )
 
 

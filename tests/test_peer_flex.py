@@ -16,8 +16,10 @@ tiles; one case keeps the real 128.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
+from pathlib import Path
 
 import oracle_peers
 import pytest
@@ -28,6 +30,7 @@ from torch._higher_order_ops.flex_attention import flex_attention as flex_attent
 import mocbench
 from mocbench import TokenLayout
 from mocbench.backends import flex_blocks
+from mocbench.backends.peer_impl import MEASURED, measured_note
 from mocbench.cli import main
 
 MIN_MARGIN = 1e-4
@@ -243,11 +246,11 @@ def test_flex_workspace_counts_the_eager_scores_and_not_the_compiled_kernels():
 
 
 COMPILED_CASES = {
-    "sliding_tile": dict(tile="2,4,4", window="3,1,1"),
-    "radial": dict(dense_frames=1, decay=0.5),
-    "svg": dict(width=1.5),
-    "vsa": dict(cube="2,4,4", top_k=3),
-    "vmoba": dict(layer=2, st_chunk="2,4,4", select="topk", top_k=2),
+    "sliding_tile": {"tile": "2,4,4", "window": "3,1,1"},
+    "radial": {"dense_frames": 1, "decay": 0.5},
+    "svg": {"width": 1.5},
+    "vsa": {"cube": "2,4,4", "top_k": 3},
+    "vmoba": {"layer": 2, "st_chunk": "2,4,4", "select": "topk", "top_k": 2},
 }
 
 
@@ -265,3 +268,18 @@ def test_compiled_flex_on_cpu_equals_oracle(name):
         out = backend(q, k, v, layout)
     want = oracle_peers.output(name, params, q.double(), k.double(), v.double(), layout, pattern)
     assert max_err(out, want) <= 1e-5
+
+
+def test_peer_measured_table_matches_its_stores():
+    """Every row of peer_impl.MEASURED is backed by ok rows of that family and impl on that device in the
+    named store, and the listing prints it."""
+    root = Path(__file__).resolve().parents[1]
+    assert MEASURED
+    for m in MEASURED:
+        with open(root / m.store, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["status"] == "ok" and r["backend"] == m.backend
+                    and r["impl"] == m.impl]
+        assert rows, f"{m.store} has no ok rows of {m.backend} impl {m.impl}"
+        assert all(r["device"] == m.device_type and r["finished_at"].startswith(m.date) for r in rows)
+        assert any(m.device in (r["env_cpu"], r["env_gpu"]) for r in rows)
+        assert m.store in measured_note(m.backend, m.impl, ("cpu",))

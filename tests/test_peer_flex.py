@@ -112,7 +112,7 @@ def test_flex_gradients_equal_oracle(i, name, params, block, layout, tile, monke
     """dq, dk, dv through the flex path (kernel-order permutation, block mask, un-permutation; VSA's coarse
     term) equal autograd through the oracle."""
     tile(block)
-    monkeypatch.setattr(flex_blocks, "_eager_flex", differentiable_flex)
+    monkeypatch.setattr(flex_blocks, "eager_flex_attention", differentiable_flex)
     q, k, v, pattern = inputs(i, name, params, layout, torch.float64)
     backend = mocbench.get_backend(name, impl="flex_eager", **params)
     plan = backend.prepare(q, k, layout)

@@ -147,26 +147,33 @@ def build(counts: torch.Tensor, rule: Rule, tokens: int, *, block: int | None = 
                       compiled)
 
 
-def _eager_flex(q, k, v, block_mask: BlockMask, scale: float) -> torch.Tensor:
-    """FlexAttention without compilation: unfused (kept separate so tests can swap it)."""
+def eager_flex_attention(q, k, v, block_mask: BlockMask, scale: float) -> torch.Tensor:
+    """FlexAttention without compilation (unfused, every score materialised), torch's warning about it
+    silenced: the ``flex_eager`` impls of MoC and the peers (tests swap it for a differentiable operator)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
 
 
+def compiled_flex_attention() -> Callable:
+    """``torch.compile(flex_attention)``, built once per process and shared by every FlexAttention path (MoC's
+    impl ``flex`` and the peers'): one compiled entry, whose graphs are cached per shape."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
 def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: FlexBlocks, scale: float) -> torch.Tensor:
     """Attention of (B, H, L, D) q, k, v under ``fb``: in kernel order, output back in stream order."""
-    global _compiled_flex
     if fb.order is not None:
         q, k, v = (t.index_select(2, fb.order) for t in (q, k, v))
     if q.device.type == "cpu" and not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad
         q, k, v = q.detach(), k.detach(), v.detach()
     if fb.compiled:
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        out = _compiled_flex(q, k, v, block_mask=fb.block_mask, scale=scale)
+        out = compiled_flex_attention()(q, k, v, block_mask=fb.block_mask, scale=scale)
     else:
-        out = _eager_flex(q, k, v, fb.block_mask, scale)
+        out = eager_flex_attention(q, k, v, fb.block_mask, scale)
     return out if fb.inverse is None else out.index_select(2, fb.inverse)
 
 

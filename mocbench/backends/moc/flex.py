@@ -27,18 +27,16 @@ score is materialised (O(L^2) memory) and block sparsity is ignored, so it is on
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask
 
-from mocbench.backends.flex_blocks import kv_blocks
+from mocbench.backends.flex_blocks import compiled_flex_attention, eager_flex_attention, kv_blocks
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import fused_attention_bytes
 
 BLOCK = 128
-_compiled_flex = None
 
 
 @dataclass
@@ -177,13 +175,6 @@ def prepare_flex(plan) -> FlexState:
     return FlexState(build_block_mask(plan))
 
 
-def _compiled():
-    global _compiled_flex
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex
-
-
 def _forward_only_inputs(q, k, v):
     """CPU FlexAttention refuses inputs that require grad even under no_grad: detach them there (the
     capabilities already refuse a CPU call that needs a backward)."""
@@ -195,15 +186,13 @@ def _forward_only_inputs(q, k, v):
 def flex_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
     """impl ``flex``: compiled FlexAttention on the plan's BlockMask (CUDA: Triton; CPU: C++, forward)."""
     q, k, v = _forward_only_inputs(q, k, v)
-    return _compiled()(q, k, v, block_mask=state.block_mask, scale=scale)
+    return compiled_flex_attention()(q, k, v, block_mask=state.block_mask, scale=scale)
 
 
 def flex_eager_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
     """impl ``flex_eager``: uncompiled FlexAttention on the same BlockMask (every score materialised)."""
     q, k, v = _forward_only_inputs(q, k, v)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-        return flex_attention(q, k, v, block_mask=state.block_mask, scale=scale)
+    return eager_flex_attention(q, k, v, state.block_mask, scale)
 
 
 def flex_workspace_bytes(s: MoCSizes) -> int:

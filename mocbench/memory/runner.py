@@ -210,9 +210,10 @@ def run_memory(cfg: MemoryConfig, out: str | Path, *, policy: ResumePolicy | Non
     work = out / "work"
     store = ResultStore(out / "memory.csv")
     t_start = time.perf_counter()
-    ckpts = train_runs(cfg, work, log)
+    # the environment (code fingerprint, git state) of the code that runs, read before minutes of training
     env = local_environment()
     cmp_env = comparable_environment("cuda" if torch.cuda.is_available() else "cpu")
+    ckpts = train_runs(cfg, work, log)
     jobs = [(GT_LABEL, None, None)] + [(r.label, r, ckpts[r.run]) for r in cfg.rows]
     for i, (label, row, ckpt) in enumerate(jobs, 1):
         key = "gt-" + row_key(cfg, RowConfig(label=GT_LABEL, run=cfg.rows[0].run), "") if row is None \

@@ -102,6 +102,15 @@ def test_compiled_flex_on_cpu_honours_the_block_mask(routing):
     assert plan.impl == "flex"
     torch.testing.assert_close(b.forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
                                atol=1e-5, rtol=0)
+    # every call builds a new mask_mod closure over new routing: it must reuse the compiled graph (a recompile
+    # per call would cost seconds and, past dynamo's limit, fall back to eager without a word)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(3):
+            q, k, v = (torch.randn(1, 2, lay.num_tokens, 16, generator=torch.Generator().manual_seed(seed))
+                       for _ in range(3))
+            plan = b.prepare(q, k, lay)
+            torch.testing.assert_close(b.forward(q, k, v, plan), IMPLS["reference"].forward(q, k, v, plan),
+                                       atol=1e-5, rtol=0)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")

@@ -268,6 +268,12 @@ def test_compiled_flex_on_cpu_equals_oracle(name):
         out = backend(q, k, v, layout)
     want = oracle_peers.output(name, params, q.double(), k.double(), v.double(), layout, pattern)
     assert max_err(out, want) <= 1e-5
+    # a new call (new routing, new mask_mod closure) reuses the compiled graph: no silent recompile per call
+    q2, k2, v2, pattern2 = inputs(9, name, params, layout, torch.float32)  # same batch size as case 7
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        out2 = backend(q2, k2, v2, layout)
+    assert max_err(out2, oracle_peers.output(name, params, q2.double(), k2.double(), v2.double(), layout,
+                                             pattern2)) <= 1e-5
 
 
 def test_peer_measured_table_matches_its_stores():

@@ -164,16 +164,22 @@ def compiled_flex_attention() -> Callable:
     return _compiled_flex
 
 
+def flex_attend(q, k, v, block_mask: BlockMask, scale: float, *, compiled: bool) -> torch.Tensor:
+    """FlexAttention on ``block_mask``, compiled (impl ``flex``) or eager (impl ``flex_eager``): the one call
+    of every FlexAttention path. CPU FlexAttention refuses inputs that require grad even under no_grad, so
+    they are detached there (a CPU call that needs a backward is refused earlier, by the capabilities)."""
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        q, k, v = q.detach(), k.detach(), v.detach()
+    if compiled:
+        return compiled_flex_attention()(q, k, v, block_mask=block_mask, scale=scale)
+    return eager_flex_attention(q, k, v, block_mask, scale)
+
+
 def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fb: FlexBlocks, scale: float) -> torch.Tensor:
     """Attention of (B, H, L, D) q, k, v under ``fb``: in kernel order, output back in stream order."""
     if fb.order is not None:
         q, k, v = (t.index_select(2, fb.order) for t in (q, k, v))
-    if q.device.type == "cpu" and not torch.is_grad_enabled():  # CPU flex refuses inputs that require grad
-        q, k, v = q.detach(), k.detach(), v.detach()
-    if fb.compiled:
-        out = compiled_flex_attention()(q, k, v, block_mask=fb.block_mask, scale=scale)
-    else:
-        out = eager_flex_attention(q, k, v, fb.block_mask, scale)
+    out = flex_attend(q, k, v, fb.block_mask, scale, compiled=fb.compiled)
     return out if fb.inverse is None else out.index_select(2, fb.inverse)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention.flex_attention import BlockMask
 
-from mocbench.backends.flex_blocks import compiled_flex_attention, eager_flex_attention, kv_blocks
+from mocbench.backends.flex_blocks import flex_attend, kv_blocks
 from mocbench.backends.moc.sizes import MoCSizes
 from mocbench.workspace import fused_attention_bytes
 
@@ -175,24 +175,14 @@ def prepare_flex(plan) -> FlexState:
     return FlexState(build_block_mask(plan))
 
 
-def _forward_only_inputs(q, k, v):
-    """CPU FlexAttention refuses inputs that require grad even under no_grad: detach them there (the
-    capabilities already refuse a CPU call that needs a backward)."""
-    if q.device.type == "cpu" and not torch.is_grad_enabled():
-        return q.detach(), k.detach(), v.detach()
-    return q, k, v
-
-
 def flex_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
     """impl ``flex``: compiled FlexAttention on the plan's BlockMask (CUDA: Triton; CPU: C++, forward)."""
-    q, k, v = _forward_only_inputs(q, k, v)
-    return compiled_flex_attention()(q, k, v, block_mask=state.block_mask, scale=scale)
+    return flex_attend(q, k, v, state.block_mask, scale, compiled=True)
 
 
 def flex_eager_kernel(q, k, v, plan, state: FlexState, scale: float) -> torch.Tensor:
     """impl ``flex_eager``: uncompiled FlexAttention on the same BlockMask (every score materialised)."""
-    q, k, v = _forward_only_inputs(q, k, v)
-    return eager_flex_attention(q, k, v, state.block_mask, scale)
+    return flex_attend(q, k, v, state.block_mask, scale, compiled=False)
 
 
 def flex_workspace_bytes(s: MoCSizes) -> int:
